@@ -1,0 +1,53 @@
+"""OmegaConf resolvers used in run-directory names: the config hash and a collision-free claim."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+SHORT_HASH_LEN = 6
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """BLAKE2b of the resolved job config (the `hydra` node excluded), as hex."""
+    keys = [k for k in cfg if k != "hydra"]
+    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    blob = json.dumps(job, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _short_hash(*, _root_: DictConfig) -> str:
+    return config_hash(_root_)[:SHORT_HASH_LEN]
+
+
+def claim_unique_dir(path: str) -> str:
+    """Create `path` (or `path-2`, `path-3`, ...) with an exclusive mkdir and return it.
+
+    Two runs of one config started in the same second would otherwise share a run dir; mkdir
+    is atomic, so exactly one process wins each name. The resolver is cached per config, so
+    Hydra's repeated look-ups of `hydra.run.dir` return the same claimed directory.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_resolver("orchard_hash", _short_hash, replace=True)
+    OmegaConf.register_resolver("orchard_unique", claim_unique_dir, use_cache=True, replace=True)
+
+
+def resolved_container(cfg: DictConfig) -> dict[str, Any]:
+    keys = [k for k in cfg if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)  # type: ignore[return-value]

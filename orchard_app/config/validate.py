@@ -1,0 +1,241 @@
+"""Range and cross-field rules, checked before any data or model is touched.
+
+Hydra and the dataclass schema already reject unknown keys and wrong types while composing;
+these rules catch what a type cannot express (epochs=0, lr<0, a resolution a dataset or model
+does not have). All problems are collected and reported together, each naming the field,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from orchard_app.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "multistep", "step", "plateau", "onecycle", "none")
+SOURCES = ("digits", "medmnist", "npz")
+TASKS = ("multi-class", "binary", "multi-label", "ordinal")
+METRICS = ("loss", "accuracy", "balanced_accuracy", "auc", "macro_f1")
+TRACKERS = ("none", "mlflow")
+
+
+class _Rules:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def get(self, key: str):
+        return OmegaConf.select(self.cfg, key, throw_on_missing=False)
+
+    def check(self, key: str, ok: Callable[[object], bool], allowed: str) -> None:
+        value = self.get(key)
+        if value is None and "or null" in allowed:
+            return
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            self.fail(key, value, allowed)
+
+    def fail(self, key: str, value: object, allowed: str) -> None:
+        self.problems.append(f"{key}={_show(value)}: {allowed}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _one_of(options) -> tuple[Callable[[object], bool], str]:
+    return (lambda v: v in options), "must be one of " + ", ".join(map(str, options))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every invalid value; return quietly when all is well."""
+    r = _Rules(cfg)
+    _training(r)
+    _optimizer(r)
+    _scheduler(r)
+    _dataset(r)
+    _model(r)
+    _hardware(r)
+    r.check("tracking.name", *_one_of(TRACKERS))
+    r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
+    if r.problems:
+        raise ConfigError(r.problems)
+
+
+def _training(r: _Rules) -> None:
+    r.check("training.epochs", lambda v: v >= 1, "must be an integer >= 1, e.g. training.epochs=10")
+    r.check(
+        "training.batch_size",
+        lambda v: v >= 1,
+        "must be an integer >= 1, e.g. training.batch_size=64",
+    )
+    r.check("training.eval_batch_size", lambda v: v >= 1, "must be an integer >= 1")
+    r.check("training.seed", lambda v: v >= 0, "must be an integer >= 0")
+    r.check(
+        "training.monitor",
+        lambda v: v.startswith("val_") and v[4:] in METRICS,
+        "must be one of " + ", ".join(f"val_{m}" for m in METRICS),
+    )
+    r.check("training.monitor_mode", *_one_of(("auto", "min", "max")))
+    r.check(
+        "training.early_stop_patience", lambda v: v >= 1, "must be >= 1 epoch, or null to disable"
+    )
+    r.check(
+        "training.grad_clip", lambda v: v > 0, "must be > 0 (max gradient norm), or null to disable"
+    )
+    r.check("training.label_smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    r.check("training.mixup_alpha", lambda v: v >= 0, "must be >= 0 (0 = no mixup)")
+    resume = r.get("training.resume")
+    if resume is not None and not Path(str(resume)).expanduser().is_file():
+        r.fail(
+            "training.resume",
+            resume,
+            "no such file; pass the path of a checkpoint such as <run dir>/checkpoints/last.pt",
+        )
+
+
+def _optimizer(r: _Rules) -> None:
+    r.check("optimizer.name", *_one_of(OPTIMIZERS))
+    r.check("optimizer.lr", lambda v: v > 0, "must be > 0, e.g. optimizer.lr=1e-3")
+    r.check("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0")
+    r.check("optimizer.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    r.check(
+        "optimizer.betas",
+        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+        "must be two values in [0, 1), e.g. [0.9,0.999]",
+    )
+    if r.get("optimizer.nesterov") and (
+        r.get("optimizer.name") != "sgd" or not r.get("optimizer.momentum")
+    ):
+        r.fail(
+            "optimizer.nesterov",
+            True,
+            "needs optimizer=sgd with optimizer.momentum > 0; set optimizer.nesterov=false",
+        )
+
+
+def _scheduler(r: _Rules) -> None:
+    r.check("scheduler.name", *_one_of(SCHEDULERS))
+    epochs = r.get("training.epochs")
+    epochs_ok = isinstance(epochs, int) and epochs >= 1  # else already reported; do not cascade
+    r.check(
+        "scheduler.warmup_epochs",
+        lambda v: v >= 0 and (not epochs_ok or v < epochs),
+        "must be >= 0 and below training.epochs",
+    )
+    if r.get("scheduler.warmup_epochs") and r.get("scheduler.name") not in ("cosine", "onecycle"):
+        r.fail(
+            "scheduler.warmup_epochs",
+            r.get("scheduler.warmup_epochs"),
+            "warmup is part of scheduler=cosine or onecycle; set it to 0 or pick one of them",
+        )
+    r.check("scheduler.min_lr", lambda v: v >= 0, "must be >= 0")
+    r.check(
+        "scheduler.milestones",
+        lambda v: len(v) > 0 and all(0 < m < 1 for m in v) and list(v) == sorted(v),
+        "must be increasing fractions of training.epochs in (0, 1), e.g. [0.5,0.75]",
+    )
+    r.check("scheduler.gamma", lambda v: 0 < v <= 1, "must be in (0, 1]")
+    r.check("scheduler.step_size", lambda v: v >= 1, "must be >= 1 epoch")
+    r.check("scheduler.patience", lambda v: v >= 0, "must be >= 0 epochs")
+    r.check("scheduler.max_lr", lambda v: v > 0, "must be > 0, or null to use optimizer.lr")
+
+
+def _dataset(r: _Rules) -> None:
+    r.check("dataset.source", *_one_of(SOURCES))
+    r.check(
+        "dataset.task",
+        lambda v: v in TASKS,
+        "must be one of " + ", ".join(TASKS) + ", or null to infer it",
+    )
+    source, name, res = r.get("dataset.source"), r.get("dataset.name"), r.get("dataset.resolution")
+    allowed = r.get("dataset.resolutions")
+    if allowed is not None and res not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        r.fail("dataset.resolution", res, f"{name} is available at {choices} px; pick one of them")
+    elif not isinstance(res, int) or not 8 <= res <= 1024:
+        r.fail("dataset.resolution", res, "must be an image side in pixels between 8 and 1024")
+    if source == "npz" and not r.get("dataset.path"):
+        r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
+    if source == "medmnist":
+        from orchard_app.data.medmnist_info import medmnist_2d_names
+
+        names = medmnist_2d_names()
+        if name not in names:
+            r.fail("dataset.name", name, "not a MedMNIST 2D dataset; one of " + ", ".join(names))
+    r.check(
+        "dataset.max_samples",
+        lambda v: v >= 1,
+        "must be >= 1, or null for the whole training split",
+    )
+    r.check("dataset.std", lambda v: v > 0, "must be > 0")
+    r.check("dataset.augment.rotation", lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
+    r.check(
+        "dataset.augment.translate",
+        lambda v: 0 <= v <= 0.5,
+        "must be in [0, 0.5] (fraction of the side)",
+    )
+    r.check("dataset.augment.scale", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    r.check("dataset.augment.color_jitter", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    r.check("dataset.augment.crop_scale_min", lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+
+def _model(r: _Rules) -> None:
+    from orchard_app.models.registry import REGISTRY
+
+    arch, name = r.get("model.arch"), r.get("model.name")
+    spec = REGISTRY.get(arch)
+    if spec is None:
+        r.fail("model.arch", arch, "unknown builder; one of " + ", ".join(sorted(REGISTRY)))
+    elif r.get("model.pretrained") and not spec.has_pretrained:
+        r.fail(
+            "model.pretrained",
+            True,
+            f"{name} has no pretrained weights; set model.pretrained=false",
+        )
+    r.check("model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    r.check("model.drop_path", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    if spec is not None and r.get("model.drop_path") and not spec.has_drop_path:
+        r.fail(
+            "model.drop_path",
+            r.get("model.drop_path"),
+            f"{name} has no stochastic depth; set model.drop_path=0",
+        )
+    res, allowed = r.get("dataset.resolution"), r.get("model.resolutions")
+    if allowed is not None and res not in allowed:
+        need = ", ".join(str(a) for a in allowed)
+        r.fail(
+            "dataset.resolution",
+            res,
+            f"model={name} takes {need} px inputs; use dataset.resolution={allowed[-1]} or another model",
+        )
+
+
+def _hardware(r: _Rules) -> None:
+    r.check(
+        "hardware.device",
+        lambda v: v in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", v) is not None,
+        "must be cpu, cuda, cuda:<index> or auto",
+    )
+    r.check("hardware.num_threads", lambda v: v >= 1, "must be >= 1, or null for torch's default")
+    r.check("hardware.amp_dtype", *_one_of(("auto", "bf16", "fp16")))
+    if (
+        r.get("hardware.amp")
+        and r.get("hardware.amp_dtype") == "fp16"
+        and r.get("hardware.device") == "cpu"
+    ):
+        r.fail(
+            "hardware.amp_dtype",
+            "fp16",
+            "fp16 autocast needs CUDA; on CPU use hardware.amp_dtype=bf16 (or auto)",
+        )
