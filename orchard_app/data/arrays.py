@@ -1,0 +1,216 @@
+"""Read split arrays in the MedMNIST npz layout and check their structure before training.
+
+Every source (official MedMNIST files, a user's npz, the embedded digits set) ends up as a
+mapping with train/val/test images and labels and goes through `check_layout`, so a malformed
+file fails here with a message instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchard_app.errors import DataError
+
+SPLITS = ("train", "val", "test")
+KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the arrays say about the dataset."""
+
+    task: str  # multi-class | binary | multi-label | ordinal
+    num_classes: int  # classes, or labels for multi-label
+    channels: int
+    height: int
+    width: int
+    counts: dict[str, int]
+
+
+def read_npz(path: Path, hint: str) -> dict[str, np.ndarray]:
+    """Load all six arrays; a truncated or corrupt archive becomes a DataError, not a zipfile trace."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in KEYS if k not in z.files]
+            if missing:
+                raise DataError(
+                    f"{path} lacks {', '.join(missing)}; an npz in the MedMNIST layout has "
+                    f"{', '.join(KEYS)}. {hint}"
+                )
+            return {k: z[k] for k in KEYS}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). {hint}"
+        ) from None
+
+
+def npz_member_sizes(path: Path) -> dict[str, int]:
+    """Uncompressed bytes of each array in the archive, read from the zip directory only."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {i.filename.removesuffix(".npy"): i.file_size for i in zf.infolist()}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path} is corrupt or truncated and cannot be read ({e}).") from None
+
+
+def check_layout(
+    arrays: Mapping[str, np.ndarray],
+    where: str,
+    task: str | None = None,
+    num_classes: int | None = None,
+    expected_counts: Mapping[str, int] | None = None,
+) -> Layout:
+    """Validate keys, dtypes, shapes, label ranges and split sizes; infer what is not given."""
+    problems: list[str] = []
+    shapes = {}
+    counts = {}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.dtype != np.uint8:
+            problems.append(f"{split}_images has dtype {images.dtype}; expected uint8 (0-255)")
+        if images.ndim == 3:
+            shapes[split] = (*images.shape[1:], 1)
+        elif images.ndim == 4 and images.shape[-1] in (1, 3):
+            shapes[split] = images.shape[1:]
+        else:
+            problems.append(
+                f"{split}_images has shape {images.shape}; expected N x H x W or N x H x W x C (C = 1 or 3)"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            problems.append(f"{split}_labels has dtype {labels.dtype}; expected integers")
+        if labels.shape[0] != images.shape[0]:
+            problems.append(f"{split} has {images.shape[0]} images but {labels.shape[0]} labels")
+        if labels.ndim not in (1, 2):
+            problems.append(
+                f"{split}_labels has shape {labels.shape}; expected N or N x 1 (N x L for multi-label)"
+            )
+        counts[split] = int(images.shape[0])
+        if counts[split] == 0:
+            problems.append(f"{split} split is empty")
+    if len(set(shapes.values())) > 1:
+        problems.append(f"image shapes differ between splits: {shapes}")
+    if expected_counts:
+        for split in SPLITS:
+            if counts.get(split) != expected_counts[split]:
+                problems.append(
+                    f"{split} has {counts.get(split)} samples; the official release has {expected_counts[split]}"
+                )
+    if problems:
+        raise DataError(_problem_text(where, problems))
+
+    height, width, channels = shapes["train"]
+    if height != width:
+        raise DataError(
+            _problem_text(where, [f"images are {height}x{width}; only square images are supported"])
+        )
+    label_width = {
+        s: (arrays[f"{s}_labels"].shape[1] if arrays[f"{s}_labels"].ndim == 2 else 1)
+        for s in SPLITS
+    }
+    all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(counts[s], -1) for s in SPLITS])
+    if len(set(label_width.values())) > 1:
+        raise DataError(
+            _problem_text(where, [f"label widths differ between splits: {label_width}"])
+        )
+    lo, hi = int(all_labels.min()), int(all_labels.max())
+    if task is None:
+        task = (
+            "multi-label" if label_width["train"] > 1 else ("binary" if hi <= 1 else "multi-class")
+        )
+    if task == "multi-label":
+        n = label_width["train"]
+        if lo < 0 or hi > 1:
+            raise DataError(
+                _problem_text(where, [f"multi-label targets must be 0/1, found values {lo}..{hi}"])
+            )
+        if num_classes is not None and n != num_classes:
+            raise DataError(
+                _problem_text(where, [f"{n} labels per sample, expected {num_classes}"])
+            )
+    else:
+        if label_width["train"] != 1:
+            raise DataError(
+                _problem_text(
+                    where,
+                    [f"{task} labels must be one integer per sample, found {label_width['train']}"],
+                )
+            )
+        n = num_classes if num_classes is not None else hi + 1
+        if lo < 0 or hi >= n:
+            raise DataError(
+                _problem_text(
+                    where, [f"labels span {lo}..{hi} but there are {n} classes (0..{n - 1})"]
+                )
+            )
+        if n < 2:
+            raise DataError(
+                _problem_text(
+                    where, ["labels have a single class; classification needs at least 2"]
+                )
+            )
+    return Layout(
+        task=task,
+        num_classes=int(n),
+        channels=int(channels),
+        height=int(height),
+        width=int(width),
+        counts=counts,
+    )
+
+
+def _problem_text(where: str, problems: list[str]) -> str:
+    return f"{where} is not a valid dataset file:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def uncompressed_cache(path: Path, cache_root: Path) -> dict[str, np.ndarray]:
+    """Memory-map each split from an uncompressed .npy copy, written once beside the cache.
+
+    The 128/224-px MedMNIST+ files hold several GB of images, too many to load whole. Each
+    array is streamed out of the zip in chunks (np.load would inflate it all in RAM) into
+    <cache>/<file stem>-<size>-<mtime>/<key>.npy, renamed into place when complete.
+    """
+    stat = path.stat()
+    target = cache_root / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    target.mkdir(parents=True, exist_ok=True)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in KEYS:
+                dest = target / f"{key}.npy"
+                if not dest.exists():
+                    _stream_member(zf, f"{key}.npy", dest)
+                out[key] = np.load(dest, mmap_mode="r")
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
+        raise DataError(
+            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e})."
+        ) from None
+    return out
+
+
+def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 << 24) -> None:
+    tmp = dest.with_suffix(".partial")
+    with zf.open(member) as src:
+        version = np.lib.format.read_magic(src)
+        shape, fortran, dtype = np.lib.format._read_array_header(src, version)  # noqa: SLF001
+        if fortran:
+            raise ValueError(f"{member} is Fortran-ordered")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        flat = out.reshape(-1).view(np.uint8)
+        pos = 0
+        while pos < flat.size:
+            block = src.read(min(chunk, flat.size - pos))
+            if not block:
+                raise EOFError(f"{member} ended early")
+            flat[pos : pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
+            pos += len(block)
+        out.flush()
+        del out, flat
+    tmp.replace(dest)

@@ -1,0 +1,104 @@
+"""Training augmentation on whole batches as tensor ops on the training device.
+
+No per-sample PIL: one batch is flipped with a mask, warped by one `grid_sample` whose
+per-sample affine matrices combine rotation, translation, zoom and random-resized-crop, and
+colour-jittered with broadcast arithmetic. Random draws come from the caller's CPU generator,
+so the augmentation stream is seeded, device-independent and restored on resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class BatchAugment:
+    def __init__(self, aug, channels: int):
+        self.hflip, self.vflip = bool(aug.hflip), bool(aug.vflip)
+        self.rotation, self.translate, self.scale = (
+            float(aug.rotation),
+            float(aug.translate),
+            float(aug.scale),
+        )
+        self.rrc, self.crop_min = bool(aug.random_resized_crop), float(aug.crop_scale_min)
+        self.jitter = float(aug.color_jitter)
+        self.channels = channels
+        self.geometric = self.rotation > 0 or self.translate > 0 or self.scale > 0 or self.rrc
+
+    @property
+    def active(self) -> bool:
+        return self.hflip or self.vflip or self.geometric or self.jitter > 0
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """x: float batch in [0, 1], shape B x C x H x W, on any device."""
+        b = x.shape[0]
+        if self.hflip:
+            x = torch.where(_coin(b, g, x.device), x.flip(3), x)
+        if self.vflip:
+            x = torch.where(_coin(b, g, x.device), x.flip(2), x)
+        if self.geometric:
+            theta = self._affine(b, g).to(device=x.device, dtype=x.dtype)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.jitter > 0:
+            x = self._color(x, g)
+        return x
+
+    def _affine(self, b: int, g: torch.Generator) -> torch.Tensor:
+        """Per-sample 2x3 matrices mapping output to input coordinates (grid_sample's convention)."""
+        m = torch.eye(3).repeat(b, 1, 1)
+        if self.rrc:  # crop a random box of area in [crop_min, 1] and aspect ratio in [3/4, 4/3]
+            area = _uniform(b, g, self.crop_min, 1.0)
+            log_ratio = _uniform(b, g, math.log(3 / 4), math.log(4 / 3))
+            w = torch.sqrt(area * log_ratio.exp()).clamp(max=1.0)
+            h = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
+            cx = _uniform(b, g, -1.0, 1.0) * (1 - w)
+            cy = _uniform(b, g, -1.0, 1.0) * (1 - h)
+            crop = torch.zeros(b, 3, 3)
+            crop[:, 0, 0], crop[:, 1, 1], crop[:, 0, 2], crop[:, 1, 2], crop[:, 2, 2] = (
+                w,
+                h,
+                cx,
+                cy,
+                1,
+            )
+            m = crop @ m
+        if self.rotation > 0 or self.scale > 0 or self.translate > 0:
+            angle = _uniform(b, g, -self.rotation, self.rotation) * (math.pi / 180)
+            zoom = _uniform(b, g, 1 - self.scale, 1 + self.scale)
+            shift = (
+                _uniform(2 * b, g, -self.translate, self.translate).view(b, 2) * 2
+            )  # [-1, 1] spans the side
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+            warp = torch.zeros(b, 3, 3)
+            warp[:, 0, 0], warp[:, 0, 1], warp[:, 1, 0], warp[:, 1, 1] = cos, -sin, sin, cos
+            warp[:, :2, 2], warp[:, 2, 2] = shift, 1
+            m = m @ warp
+        return m[:, :2, :]
+
+    def _color(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, s = x.shape[0], self.jitter
+        shape = (b, 1, 1, 1)
+        brightness = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
+        contrast = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
+        x = x * brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        if self.channels == 3:
+            saturation = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
+            weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(
+                1, 3, 1, 1
+            )
+            gray = (x * weights).sum(dim=1, keepdim=True)
+            x = (x - gray) * saturation + gray
+        return x.clamp(0, 1)
+
+
+def _uniform(n: int, g: torch.Generator, lo: float, hi: float) -> torch.Tensor:
+    return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def _coin(b: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return (torch.rand(b, generator=g) < 0.5).view(b, 1, 1, 1).to(device)

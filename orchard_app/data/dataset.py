@@ -1,0 +1,188 @@
+"""Turn `cfg.dataset` into in-memory (or memory-mapped) uint8 splits plus what the model and
+reports need to know: task, classes, channels, label names. Every source goes through the same
+structural checks (arrays.check_layout)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchard_app.data import medmnist_info as mi
+from orchard_app.data.arrays import (
+    SPLITS,
+    check_layout,
+    npz_member_sizes,
+    read_npz,
+    uncompressed_cache,
+)
+from orchard_app.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MEMMAP_AUTO_BYTES = 2 << 30  # images above this size are memory-mapped instead of loaded
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    task: str  # multi-class | binary | multi-label | ordinal
+    num_classes: int  # classes; labels for multi-label
+    channels: int  # as stored
+    in_chans: int  # as fed to the model (3 with force_rgb)
+    resolution: int
+    label_names: tuple[str, ...]
+    counts: dict[str, int]
+    source: str
+    file: str | None = None
+    md5: str | None = None
+    licence: str | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multi-label"
+
+
+@dataclass
+class Split:
+    images: torch.Tensor | np.ndarray  # N x C x H x W uint8 (a tensor, or a read-only memmap)
+    labels: torch.Tensor  # N long (class index), or N x L float (multi-label)
+    indices: np.ndarray | None = field(default=None)  # rows used (max_samples); None = all
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+    def class_counts(self) -> torch.Tensor:
+        y = self.train.labels
+        if self.info.multilabel:
+            return y.sum(0)
+        return torch.bincount(y, minlength=self.info.num_classes).float()
+
+
+def load_dataset(ds, seed: int) -> DataBundle:
+    """Load train/val/test for `cfg.dataset`; raises DataError with a fix for any problem."""
+    resolution = int(ds.resolution)
+    cache_dir = Path(os.path.expanduser(str(ds.cache_dir)))
+    memmap = ds.memmap
+    file, md5, licence, expected = None, None, None, None
+    if ds.source == "digits":
+        from orchard_app.data.digits import LABEL_NAMES, digits_arrays
+
+        arrays, names, where, task, num_classes = (
+            digits_arrays(resolution),
+            LABEL_NAMES,
+            "digits",
+            "multi-class",
+            10,
+        )
+    else:
+        if ds.source == "medmnist":
+            from orchard_app.data.files import ensure_medmnist_file
+
+            root = Path(os.path.expanduser(str(ds.root)))
+            path = ensure_medmnist_file(
+                ds.name, resolution, root, cache_dir, bool(ds.download), ds.mirror
+            )
+            info = mi.medmnist_info()[ds.name]
+            names, task = mi.label_names(ds.name), mi.task_of(ds.name)
+            num_classes, expected, licence = len(names), info["n_samples"], info.get("license")
+            md5 = mi.url_and_md5(ds.name, resolution)[1]
+            hint = "Delete the file and run again to download it afresh (see the MD5 note above)."
+        else:
+            path = Path(os.path.expanduser(str(ds.path)))
+            if not path.is_file():
+                raise DataError(
+                    f"dataset.path={ds.path}: no such file. Pass the path of an .npz in the MedMNIST layout."
+                )
+            names, task, num_classes = ds.label_names, ds.task, None
+            hint = "Rewrite it with numpy.savez / savez_compressed."
+        file, where = str(path), str(path)
+        if memmap is None:
+            memmap = (
+                sum(v for k, v in npz_member_sizes(path).items() if k.endswith("_images"))
+                > MEMMAP_AUTO_BYTES
+            )
+        arrays = uncompressed_cache(path, cache_dir / "npy") if memmap else read_npz(path, hint)
+        if ds.source == "npz" and names is not None:
+            num_classes = len(names)
+
+    layout = check_layout(
+        arrays, where, task=task, num_classes=num_classes, expected_counts=expected
+    )
+    if layout.height != resolution:
+        raise DataError(
+            f"{where} holds {layout.height}x{layout.width} images but dataset.resolution={resolution}; "
+            f"set dataset.resolution={layout.height}"
+        )
+    if names is None:
+        names = [str(i) for i in range(layout.num_classes)]
+    if len(names) != layout.num_classes:
+        raise DataError(
+            f"dataset.label_names has {len(names)} names but {where} has {layout.num_classes} classes"
+        )
+    in_chans = 3 if ds.force_rgb else layout.channels
+    info = DatasetInfo(
+        name=str(ds.name),
+        task=layout.task,
+        num_classes=layout.num_classes,
+        channels=layout.channels,
+        in_chans=in_chans,
+        resolution=resolution,
+        label_names=tuple(names),
+        counts=layout.counts,
+        source=str(ds.source),
+        file=file,
+        md5=md5,
+        licence=licence,
+    )
+    splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], info) for s in SPLITS}
+    if ds.max_samples is not None and ds.max_samples < len(splits["train"]):
+        splits["train"] = _cap(splits["train"], int(ds.max_samples), seed, info)
+    return DataBundle(info=info, **splits)
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Split:
+    if isinstance(images, np.memmap):
+        # Memory-mapped (large) sets stay on disk; channels-last files are made NCHW per batch.
+        data: torch.Tensor | np.ndarray = images
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(images))
+        data = (t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)).contiguous()
+    labels = labels.reshape(len(labels), -1)
+    y = (
+        torch.from_numpy(labels.astype(np.float32))
+        if info.multilabel
+        else torch.from_numpy(labels[:, 0].astype(np.int64))
+    )
+    return Split(images=data, labels=y)
+
+
+def _cap(split: Split, n: int, seed: int, info: DatasetInfo) -> Split:
+    """Keep n training samples, stratified by class where every class can be represented."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(split))
+    stratify = None if info.multilabel else split.labels.numpy()
+    try:
+        keep, _ = train_test_split(idx, train_size=n, stratify=stratify, random_state=seed)
+    except ValueError:  # a class too small to stratify: fall back to a uniform random subset
+        log.warning(
+            "dataset.max_samples=%d: some classes are too small to stratify; sampling uniformly", n
+        )
+        keep, _ = train_test_split(idx, train_size=n, random_state=seed)
+    keep = np.sort(keep)
+    images = split.images[keep] if isinstance(split.images, torch.Tensor) else split.images
+    indices = None if isinstance(split.images, torch.Tensor) else keep
+    return Split(images=images, labels=split.labels[keep], indices=indices)

@@ -1,0 +1,123 @@
+"""Official MedMNIST files: find, verify (MD5, remembered) and download (pooch).
+
+A present file is hashed once; the result is remembered in the cache directory keyed by path,
+size and mtime, so 35 MB to several GB are not re-hashed on every run. An absent file is
+downloaded by pooch, which streams to a temporary file in the same directory, checks the MD5
+and only then renames it: no partial file is ever left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from filelock import FileLock
+
+from orchard_app.data.medmnist_info import file_name, url_and_md5
+from orchard_app.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_medmnist_file(
+    name: str, resolution: int, root: Path, cache_dir: Path, download: bool, mirror: str | None
+) -> Path:
+    """Return the path of a verified official file, downloading it if absent and allowed."""
+    fname = file_name(name, resolution)
+    url, md5 = url_and_md5(name, resolution)
+    if mirror:
+        url = mirror.rstrip("/") + "/" + fname
+    path = root / fname
+    if path.is_file():
+        verify_md5(path, md5, url, cache_dir)
+        return path
+    if not download:
+        raise DataError(_missing_message(fname, url, md5, root, "dataset.download=false"))
+    return _download(url, fname, md5, root)
+
+
+def _download(url: str, fname: str, md5: str, root: Path) -> Path:
+    import pooch  # lazy: pooch pulls in requests
+
+    log.info("downloading %s from %s", fname, url)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        done = pooch.retrieve(
+            url, known_hash=f"md5:{md5}", fname=fname, path=root, progressbar=True
+        )
+    except ValueError as e:  # pooch: the downloaded file's hash does not match
+        raise DataError(
+            f"the download of {fname} from {url} failed its MD5 check (expected {md5}); nothing "
+            f"was kept. The server sent a different or incomplete file ({_first_line(e)}).\n"
+            + _by_hand(fname, url, md5, root)
+        ) from None
+    except (
+        Exception
+    ) as e:  # offline, DNS, HTTP error, dropped connection: pooch removes its temp file
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+        raise DataError(_missing_message(fname, url, md5, root, reason)) from None
+    return Path(done)
+
+
+def _missing_message(fname: str, url: str, md5: str, root: Path, reason: str) -> str:
+    return f"{fname} is not in {root} and could not be downloaded ({reason}).\n" + _by_hand(
+        fname, url, md5, root
+    )
+
+
+def _by_hand(fname: str, url: str, md5: str, root: Path) -> str:
+    return (
+        f"  Fetch it by hand on a machine with internet:  curl -L -o {fname} '{url}'\n"
+        f"  Check it:  md5sum {fname}   (must print {md5})\n"
+        f"  Put it in: {root}/   (or point dataset.root / ORCHARD_DATA_DIR at the folder that has it)"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def md5_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
+    """Raise DataError unless `path` has MD5 `expected`; remember a pass by (size, mtime)."""
+    stat = path.stat()
+    key = str(path.resolve())
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
+    memo_path = cache_dir / "md5_verified.json"
+    memo = _read_memo(memo_path)
+    if memo.get(key) == stamp:
+        return
+    log.info("verifying MD5 of %s (%d MB, once)", path.name, stat.st_size >> 20)
+    actual = md5_of(path)
+    if actual != expected:
+        raise DataError(
+            f"{path} fails its MD5 check: expected {expected}, got {actual}. The file is corrupt "
+            f"or truncated (an interrupted download?).\n"
+            f"  Delete it and run again to download it afresh, or fetch it by hand:\n"
+            + _by_hand(path.name, url, expected, path.parent)
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(memo_path) + ".lock"):
+        memo = _read_memo(memo_path)
+        memo[key] = stamp
+        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, memo_path)
+
+
+def _read_memo(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,93 @@
+"""Batches for training and evaluation: gather uint8 rows, move them to the device, then
+convert, augment and normalise the whole batch there.
+
+The engine owns the sample order (`epoch_order`) and the generator, so it can checkpoint and
+resume mid-epoch exactly; this module only turns index batches into tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from orchard_app.data.augment import BatchAugment
+from orchard_app.data.dataset import DataBundle, Split
+
+RESIDENT_MAX_BYTES = 4 << 30  # on CUDA, splits below this are copied to the GPU once
+
+
+class BatchPipeline:
+    def __init__(self, data: DataBundle, ds_cfg, device: torch.device, channels_last: bool = False):
+        self.data = data
+        self.device = device
+        self.mean, self.std = float(ds_cfg.mean), float(ds_cfg.std)
+        self.force_rgb = data.info.in_chans == 3 and data.info.channels == 1
+        self.augment = BatchAugment(ds_cfg.augment, data.info.in_chans)
+        self.balanced = bool(ds_cfg.balanced_sampler)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if device.type == "cuda":
+            for split in (data.train, data.val, data.test):
+                if (
+                    isinstance(split.images, torch.Tensor)
+                    and split.images.numel() < RESIDENT_MAX_BYTES
+                ):
+                    split.images = split.images.to(device)
+                    split.labels = split.labels.to(device)
+
+    def epoch_order(self, g: torch.Generator) -> torch.Tensor:
+        """This epoch's training sample order (class-balanced draws if dataset.balanced_sampler)."""
+        n = len(self.data.train)
+        if not self.balanced:
+            return torch.randperm(n, generator=g)
+        y = self.data.train.labels.cpu()
+        counts = self.data.class_counts().cpu().clamp(min=1)
+        if self.data.info.multilabel:  # weight a sample by its rarest positive label
+            weights = (y / counts).max(1).values.clamp(min=1.0 / n)
+        else:
+            weights = 1.0 / counts[y]
+        return torch.multinomial(weights, n, replacement=True, generator=g)
+
+    def train_batch(
+        self, idx: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._gather(self.data.train, idx)
+        x = self._to_float(x)
+        if self.augment.active:
+            x = self.augment(x, g)
+        return self._normalise(x), y
+
+    def eval_batches(
+        self, split: Split, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(split), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(split)))
+            x, y = self._gather(split, idx)
+            yield self._normalise(self._to_float(x)), y
+
+    def _gather(self, split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(split.images, torch.Tensor):
+            x = split.images[idx.to(split.images.device)]
+        else:  # memory-mapped: read rows in file order, then restore the requested order
+            rows = idx.numpy() if split.indices is None else split.indices[idx.numpy()]
+            order = np.argsort(rows, kind="stable")
+            block = np.take(split.images, rows[order], axis=0)
+            x = torch.empty((len(rows), *block.shape[1:]), dtype=torch.uint8)
+            x[torch.from_numpy(order)] = torch.from_numpy(block)
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        y = split.labels[idx.to(split.labels.device)]
+        non_blocking = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=non_blocking), y.to(
+            self.device, non_blocking=non_blocking
+        )
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype=torch.float32).div_(255.0)
+        if self.force_rgb:
+            x = x.expand(-1, 3, -1, -1)
+        return x
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
