@@ -1,0 +1,5 @@
+"""Model zoo: a registry of builders (registry.py) and the builders themselves."""
+
+from orchard_app.models.registry import REGISTRY, build_model
+
+__all__ = ["REGISTRY", "build_model"]
