@@ -1,0 +1,1 @@
+"""Training engine: the epoch loop, optimisers/schedulers, checkpoints and interrupts."""

@@ -1,0 +1,75 @@
+"""Checkpoints: atomic writes, safe loads (weights_only) and a fingerprint check on resume.
+
+A fingerprint (architecture, input shape, classes, task) travels in every file, so a checkpoint
+from another model or dataset is refused with a message naming both sides before any weight is
+copied into the model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchard_app.errors import CheckpointError
+
+FORMAT = 1
+
+
+def fingerprint(model_cfg, info, model: torch.nn.Module) -> dict[str, Any]:
+    return {
+        "model": str(model_cfg.name),
+        "arch": str(model_cfg.arch),
+        "in_chans": int(info.in_chans),
+        "resolution": int(info.resolution),
+        "num_classes": int(info.num_classes),
+        "task": str(info.task),
+        "dataset": str(info.name),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def describe(fp: dict[str, Any]) -> str:
+    return (
+        f"model={fp['model']} ({fp['parameters']:,} parameters) for {fp['num_classes']} "
+        f"{'labels' if fp['task'] == 'multi-label' else 'classes'}, input {fp['in_chans']}x"
+        f"{fp['resolution']}x{fp['resolution']} (dataset {fp['dataset']})"
+    )
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    keys = ("arch", "model", "in_chans", "resolution", "num_classes", "task", "parameters")
+    diffs = [k for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"{path} does not fit this run ({', '.join(diffs)} differ):\n"
+            f"  checkpoint: {describe(saved)}\n"
+            f"  this run:   {describe(current)}\n"
+            f"  Resume with the model and dataset that wrote it, or drop training.resume to start fresh."
+        )
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file in the same directory, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except Exception as e:  # truncated, not a torch file, or holds objects weights_only refuses
+        raise CheckpointError(
+            f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not an orchard_app checkpoint (no fingerprint/model entries)"
+        )
+    return ckpt

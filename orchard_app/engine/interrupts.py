@@ -1,0 +1,64 @@
+"""SIGTERM / SIGINT handling in one place (SLURM preemption will reuse it).
+
+Outside the training loop a signal raises TrainingInterrupted at once, so the run directory
+records the status. Inside the loop (`deferred()`), the first signal only sets a flag: the
+loop finishes the current step, writes last.pt and then raises. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from orchard_app.errors import TrainingInterrupted
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._deferred = False
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within this block a signal only sets the flag; the caller checks `requested`."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._deferred and self.signum is None:
+            self.signum = signum
+            import logging
+
+            logging.getLogger("orchard_app").warning(
+                "%s received: finishing the current step, then saving last.pt (Ctrl-C again to stop now)",
+                name,
+            )
+            return
+        self.signum = signum
+        raise TrainingInterrupted(
+            f"stopped by {name} before training could save a checkpoint", signum
+        )

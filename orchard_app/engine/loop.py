@@ -1,0 +1,455 @@
+"""The training loop. Read `Engine.fit` top to bottom: epochs of steps, a validation pass,
+checkpoints, then the per-epoch callbacks (tracking today; pruning and more later).
+
+State that must survive an interruption lives in `TrainState` and goes into last.pt together
+with the model, optimiser, schedule, scaler and RNG states, so a resumed run (even one stopped
+mid-epoch) continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from orchard_app.data.pipeline import BatchPipeline
+from orchard_app.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from orchard_app.engine.interrupts import StopSignals
+from orchard_app.engine.optim import build_optimizer, build_schedule
+from orchard_app.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from orchard_app.evaluation.metrics import compute_metrics
+
+log = logging.getLogger("orchard_app.engine")
+
+EpochCallback = Callable[[dict[str, Any], "Engine"], None]
+FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks (each check syncs a CUDA stream)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the current epoch (non-zero only mid-epoch)
+    order: torch.Tensor | None = None  # sample order of the current epoch, while mid-epoch
+    epoch_losses: torch.Tensor | None = None  # per-step training losses of the current epoch
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_loss: float = math.inf  # val loss at the best epoch (breaks ties on the monitor)
+    bad_epochs: int = 0  # epochs since the monitored value last improved
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def monitor_mode(training) -> str:
+    if training.monitor_mode != "auto":
+        return str(training.monitor_mode)
+    return "min" if training.monitor.endswith("loss") else "max"
+
+
+def amp_dtype(hardware, device: torch.device) -> torch.dtype | None:
+    if not hardware.amp:
+        return None
+    if device.type != "cuda" or hardware.amp_dtype == "bf16":
+        return torch.bfloat16
+    if hardware.amp_dtype == "fp16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class Engine:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pipeline: BatchPipeline,
+        cfg,
+        device: torch.device,
+        checkpoint_dir: Path,
+        fingerprint: dict[str, Any],
+        config: dict[str, Any],
+        callbacks: Sequence[EpochCallback] = (),
+        stop: StopSignals | None = None,
+    ):
+        t = cfg.training
+        self.cfg, self.device, self.pipeline = cfg, device, pipeline
+        self.info = pipeline.data.info
+        self.memory_format = (
+            torch.channels_last if cfg.hardware.channels_last else torch.preserve_format
+        )
+        self.model = model.to(device, memory_format=self.memory_format)
+        self.step_model = torch.compile(self.model) if cfg.hardware.compile else self.model
+        self.epochs, self.batch_size, self.eval_batch_size = (
+            int(t.epochs),
+            int(t.batch_size),
+            int(t.eval_batch_size),
+        )
+        n = len(pipeline.data.train)
+        # A last batch of one sample would break BatchNorm in training mode: drop it.
+        self.steps_per_epoch = n // self.batch_size + (1 if n % self.batch_size > 1 else 0)
+        if self.steps_per_epoch == 0:
+            from orchard_app.errors import DataError
+
+            raise DataError(f"the training split has {n} sample(s); at least 2 are needed")
+        self.monitor, self.mode = str(t.monitor), monitor_mode(t)
+        self.patience = t.early_stop_patience
+        self.grad_clip = t.grad_clip
+        self.mixup_alpha = float(t.mixup_alpha)
+        self.label_smoothing = float(t.label_smoothing)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.schedule = build_schedule(
+            self.optimizer,
+            cfg.scheduler,
+            float(cfg.optimizer.lr),
+            self.epochs,
+            self.steps_per_epoch,
+            self.mode,
+        )
+        self.amp_dtype = amp_dtype(cfg.hardware, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.class_weight = self._class_weights() if t.class_weighted_loss else None
+        self.gen = torch.Generator().manual_seed(int(t.seed))  # data order, augmentation, mixup
+        self.checkpoint_dir = checkpoint_dir
+        self.fingerprint, self.config = fingerprint, config
+        self.callbacks = list(callbacks)
+        self.stop = stop or StopSignals()
+        self.state = TrainState()
+        self.best_model_state: dict[str, torch.Tensor] | None = None
+        self.resumed_from: str | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainState:
+        s = self.state
+        with self.stop.deferred():  # a signal now only sets a flag, checked after each step
+            while s.epoch < self.epochs and not s.stopped_early:
+                started = time.perf_counter()
+                train_loss = self._train_epoch()
+                val = self.evaluate(self.pipeline.data.val)[0]
+                record = self._end_epoch(train_loss, val, time.perf_counter() - started)
+                for callback in self.callbacks:
+                    callback(record, self)
+                if self.stop.requested:
+                    raise self._interrupted()
+        return s
+
+    def _train_epoch(self) -> float:
+        s, steps, bs = self.state, self.steps_per_epoch, self.batch_size
+        if s.order is None:  # a fresh epoch (otherwise: resuming mid-epoch)
+            s.order = self.pipeline.epoch_order(self.gen)
+            s.epoch_losses = torch.zeros(steps, device=self.device)
+        self.model.train()
+        bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{self.epochs}", unit="batch",
+                   leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)  # fmt: skip
+        checked = s.step
+        for k in range(s.step, steps):
+            x, y = self.pipeline.train_batch(s.order[k * bs : (k + 1) * bs], self.gen)
+            s.epoch_losses[k] = self._train_step(x, y)
+            if self.schedule.interval == "step":
+                self.schedule.scheduler.step()
+            s.step = k + 1
+            bar.update(1)
+            if s.step - checked >= FINITE_CHECK_EVERY or s.step == steps or self.stop.requested:
+                self._check_finite(checked, s.step)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{s.epoch_losses[checked : s.step].mean().item():.4f}")
+                checked = s.step
+            if self.stop.requested and s.step < steps:
+                bar.close()
+                self.save_last()
+                raise self._interrupted()
+        bar.close()
+        return float(s.epoch_losses.mean().item())
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        target = y
+        if self.mixup_alpha > 0:
+            x, target = self._mixup(x, y)
+        with self._autocast():
+            logits = self.step_model(x)
+        loss = self._loss(logits.float(), target, train=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def _end_epoch(
+        self, train_loss: float, val: dict[str, float], seconds: float
+    ) -> dict[str, Any]:
+        s = self.state
+        epoch = s.epoch + 1
+        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
+                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}  # fmt: skip
+        value = record[self.monitor]
+        improved = self._improves(value, record["val_loss"])
+        if improved:
+            s.best_value, s.best_epoch, s.best_loss, s.bad_epochs = (
+                value,
+                epoch,
+                record["val_loss"],
+                0,
+            )
+            self.best_model_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+            save_checkpoint(self.checkpoint_dir / "best.pt", self._best_payload(record))
+        else:
+            s.bad_epochs += 1
+        if self.patience and s.bad_epochs >= self.patience:
+            s.stopped_early = True
+        if self.schedule.interval == "epoch":
+            self.schedule.scheduler.step()
+        elif self.schedule.interval == "plateau":
+            self.schedule.scheduler.step(value)
+        s.history.append(record)
+        s.epoch, s.step, s.order, s.epoch_losses = epoch, 0, None, None
+        self.save_last()
+        self._log_epoch(record, improved)
+        return record
+
+    def _improves(self, value: float, val_loss: float) -> bool:
+        """Better on the monitor; on a tie (common for accuracy on small validation sets), lower val loss."""
+        s = self.state
+        if s.best_value is None:
+            return True
+        if math.isnan(value):
+            return False
+        if value == s.best_value and self.monitor != "val_loss":
+            return val_loss < s.best_loss
+        return value > s.best_value if self.mode == "max" else value < s.best_value
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Metrics (with `loss`), probabilities and labels for a split, in one pass."""
+        self.model.eval()
+        probs, labels, loss_sum = [], [], 0.0
+        flips = [(), (3,)] + ([(2,)] if tta and self.cfg.dataset.augment.vflip else [])
+        for x, y in self.pipeline.eval_batches(split, self.eval_batch_size):
+            views = flips if tta else [()]
+            p = 0
+            for dims in views:
+                with self._autocast():
+                    logits = self.model(x.flip(dims) if dims else x).float()
+                if not dims:
+                    loss_sum += float(self._loss(logits, y, train=False)) * len(y)
+                p = p + (
+                    torch.sigmoid(logits) if self.info.multilabel else torch.softmax(logits, 1)
+                )
+            probs.append((p / len(views)).cpu())
+            labels.append(y.cpu())
+        probs_np, labels_np = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+        metrics = {
+            "loss": loss_sum / len(labels_np),
+            **compute_metrics(self.info.task, labels_np, probs_np),
+        }
+        return metrics, probs_np, labels_np
+
+    def load_best(self) -> None:
+        """Put the best checkpoint's weights into the model (for the test evaluation)."""
+        if self.best_model_state is None:
+            raise CheckpointError("no best checkpoint: training ran no epoch")
+        self.model.load_state_dict(self.best_model_state)
+
+    # ------------------------------------------------------------------ pieces
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, train: bool) -> torch.Tensor:
+        smoothing = self.label_smoothing if train else 0.0
+        weight = self.class_weight if train else None
+        if self.info.multilabel:
+            target = target.float()
+            if smoothing:
+                target = target * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing)
+
+    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
+        lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
+        perm = torch.randperm(x.shape[0], generator=self.gen).to(x.device)
+        target = y.float() if self.info.multilabel else F.one_hot(y, self.info.num_classes).float()
+        return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+
+    def _class_weights(self) -> torch.Tensor:
+        counts = self.pipeline.data.class_counts().clamp(min=1)
+        if self.info.multilabel:  # BCE pos_weight: negatives per positive, per label
+            return ((len(self.pipeline.data.train) - counts) / counts).to(self.device)
+        return (counts.sum() / (len(counts) * counts)).to(self.device)
+
+    def _check_finite(self, start: int, end: int) -> None:
+        losses = self.state.epoch_losses[start:end]
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            k = start + int(bad[0])
+            last = self.checkpoint_dir / "last.pt"
+            kept = (
+                f"The last good checkpoint is {last} (epoch {self.state.epoch})"
+                if last.exists()
+                else "No checkpoint was written yet"
+            )
+            raise NonFiniteLossError(
+                f"the training loss became {float(losses[k - start])} at epoch {self.state.epoch + 1}, "
+                f"step {k + 1}/{self.steps_per_epoch}. {kept}; it was not overwritten.\n"
+                f"  Try a lower optimizer.lr (now {self.cfg.optimizer.lr}), training.grad_clip=1.0"
+                + (", or hardware.amp=false." if self.amp_dtype is not None else ".")
+            )
+
+    def _interrupted(self) -> TrainingInterrupted:
+        import signal
+
+        s, signum = self.state, self.stop.signum or signal.SIGTERM
+        where = (
+            f"epoch {s.epoch + 1}, step {s.step}/{self.steps_per_epoch}"
+            if s.step
+            else f"the end of epoch {s.epoch}"
+        )
+        last = (self.checkpoint_dir / "last.pt").resolve()
+        error = TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} at {where}; saved {last}", signum
+        )
+        error.checkpoint = str(last)
+        return error
+
+    def _log_epoch(self, r: dict[str, Any], improved: bool) -> None:
+        s = self.state
+        done = [h["seconds"] for h in s.history[-5:]]
+        eta = (self.epochs - s.epoch) * (sum(done) / len(done)) if not s.stopped_early else 0
+        extra = "".join(
+            f"  {k} {r[k]:.4f}"
+            for k in ("val_loss", "val_accuracy", "val_auc")
+            if k != self.monitor
+        )
+        line = (
+            f"epoch {r['epoch']:>{len(str(self.epochs))}}/{self.epochs}  loss {r['train_loss']:.4f}  "
+            f"{self.monitor} {r[self.monitor]:.4f}{' *' if improved else '  '}{extra}  lr {r['lr']:.2e}  "
+            f"{r['seconds']:.1f}s  ETA {_duration(eta)}"
+        )
+        if s.stopped_early:
+            line += f"  (early stop: no improvement for {self.patience} epochs)"
+        log.info("epoch", extra={"console": line, "fields": r})
+
+    # ------------------------------------------------------------------ checkpoints
+    def _best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "model": self.best_model_state, "epoch": record["epoch"],
+                "metrics": record, "config": self.config}  # fmt: skip
+
+    def save_last(self) -> None:
+        s = self.state
+        payload = {
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "best_model": self.best_model_state,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": {
+                "epoch": s.epoch,
+                "step": s.step,
+                "best_value": s.best_value,
+                "best_epoch": s.best_epoch,
+                "best_loss": s.best_loss,
+                "bad_epochs": s.bad_epochs,
+                "stopped_early": s.stopped_early,
+                "history": s.history,
+                "order": s.order,
+                "epoch_losses": None if s.epoch_losses is None else s.epoch_losses.cpu(),
+            },  # fmt: skip
+            "rng": _rng_state(self.gen),
+        }
+        save_checkpoint(self.checkpoint_dir / "last.pt", payload)
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        check_compatible(ckpt["fingerprint"], self.fingerprint, path)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(
+                f"{path} holds model weights only (a best.pt); resume from last.pt of the same run"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.best_model_state = ckpt["best_model"]
+        st = ckpt["state"]
+        self.state = TrainState(
+            epoch=st["epoch"], step=st["step"], order=st["order"], best_value=st["best_value"],
+            best_epoch=st["best_epoch"], best_loss=st["best_loss"], bad_epochs=st["bad_epochs"], stopped_early=st["stopped_early"],
+            history=list(st["history"]),
+            epoch_losses=None if st["epoch_losses"] is None else st["epoch_losses"].to(self.device),
+        )  # fmt: skip
+        _set_rng_state(ckpt["rng"], self.gen)
+        self.resumed_from = str(path)
+        changed = _changed_keys(ckpt.get("config") or {}, self.config)
+        where = (
+            f"epoch {st['epoch'] + 1}, step {st['step']}"
+            if st["step"]
+            else f"after epoch {st['epoch']}"
+        )
+        log.info("resumed from %s at %s", path, where)
+        if changed:
+            log.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "data": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": np_state["state"]["key"].tolist(),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
+    }
+
+
+def _set_rng_state(rng: dict[str, Any], gen: torch.Generator) -> None:
+    gen.set_state(rng["data"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    st = dict(rng["numpy"])
+    st["state"] = {"key": np.array(st["state"]["key"], dtype=np.uint32), "pos": st["state"]["pos"]}
+    np.random.set_state(st)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, name + ".")
+        elif a != b and name != "training.resume":
+            out.append(f"{name} ({a} -> {b})")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
