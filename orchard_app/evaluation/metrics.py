@@ -1,0 +1,84 @@
+"""Classification metrics, computed the way `medmnist.Evaluator` does where it defines them.
+
+- multi-class / ordinal: accuracy of the argmax; AUC = mean one-vs-rest AUC over classes.
+- binary: accuracy of the argmax; AUC of the positive-class probability.
+- multi-label: accuracy = share of (sample, label) pairs right at threshold 0.5; AUC = mean AUC
+  over labels.
+Classes (or labels) absent from y_true have no AUC and are left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "auc", "macro_f1")
+
+
+def predictions(task: str, probs: np.ndarray) -> np.ndarray:
+    return (probs > 0.5).astype(np.int64) if task == "multi-label" else probs.argmax(1)
+
+
+def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    pred = predictions(task, probs)
+    if task == "multi-label":
+        y = y_true.astype(np.int64)
+        aucs = [
+            roc_auc_score(y[:, i], probs[:, i])
+            for i in range(y.shape[1])
+            if 0 < y[:, i].sum() < len(y)
+        ]
+        balanced = [balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]
+        return {
+            "accuracy": float((pred == y).mean()),
+            "balanced_accuracy": float(np.mean(balanced)),
+            "auc": float(np.mean(aucs)) if aucs else math.nan,
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        }
+    y = y_true.astype(np.int64)
+    if task == "binary":
+        auc = roc_auc_score(y, probs[:, 1]) if 0 < y.sum() < len(y) else math.nan
+    else:
+        aucs = [
+            roc_auc_score(y == i, probs[:, i])
+            for i in range(probs.shape[1])
+            if 0 < (y == i).sum() < len(y)
+        ]
+        auc = float(np.mean(aucs)) if aucs else math.nan
+    return {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "auc": float(auc),
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+    }
+
+
+def per_class_report(
+    task: str, y_true: np.ndarray, probs: np.ndarray, names: list[str]
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support for each class (or label)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    pred = predictions(task, probs)
+    labels = None if task == "multi-label" else list(range(len(names)))
+    p, r, f, s = precision_recall_fscore_support(
+        y_true.astype(np.int64), pred, labels=labels, zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(names)
+    }
+
+
+def confusion(y_true: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true.astype(np.int64), probs.argmax(1), labels=list(range(n)))

@@ -1,0 +1,1 @@
+"""Tracking and provenance: run directory (lock, provenance.json), logging, MLflow."""

@@ -1,0 +1,112 @@
+"""Logging through structlog: readable lines on the console and in logs/run.log for people,
+JSON lines in logs/run.jsonl for machines. Every record carries the run id; warnings and
+third-party loggers (Hydra, pooch, MLflow, ...) go through the same handlers, once each.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py")
+_configured = False
+
+
+def _shared_processors() -> list:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(allow=("console", "fields")),
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+
+
+def _for_people(_, __, ed: dict) -> str:
+    """`[12:03:11] message` (+ level for warnings/errors); the `console` extra replaces the event."""
+    text = ed.get("console") or str(ed.get("event", ""))
+    if ed.get("exc_info") and ed.get("level") in ("error", "critical", "exception"):
+        text += "\n" + structlog.processors.format_exc_info(
+            None, "", {"exc_info": ed["exc_info"]}
+        ).get("exception", "")
+    level = ed.get("level", "info")
+    prefix = "" if level in ("info", "debug") else f"{level.upper()}: "
+    return f"[{str(ed.get('timestamp', ''))[11:19]}] {prefix}{text}"
+
+
+def _for_machines(_, __, ed: dict) -> dict:
+    ed.pop("console", None)
+    ed.update(ed.pop("fields", None) or {})
+    return ed
+
+
+def _configure_structlog() -> None:
+    global _configured
+    if _configured:
+        return
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def _formatter(last: list) -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
+    )
+
+
+def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
+    """Route all logging to the console, logs/run.log and logs/run.jsonl; returns the undo."""
+    _configure_structlog()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(_formatter([_for_people]))
+    text = logging.FileHandler(log_dir / "run.log", encoding="utf-8")
+    text.setFormatter(_formatter([_for_people]))
+    jsonl = logging.FileHandler(log_dir / "run.jsonl", encoding="utf-8")
+    jsonl.setFormatter(
+        _formatter(
+            [
+                structlog.processors.format_exc_info,
+                _for_machines,
+                structlog.processors.JSONRenderer(),
+            ]
+        )
+    )
+    ours = [console, text, jsonl]
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    for handler in saved_handlers:  # Hydra's console handler would print every line twice
+        root.removeHandler(handler)
+    for handler in ours:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    quiet = {name: logging.getLogger(name).level for name in QUIET}
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+
+    def undo() -> None:
+        structlog.contextvars.unbind_contextvars("run_id")
+        logging.captureWarnings(False)
+        for handler in ours:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+
+    return undo

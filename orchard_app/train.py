@@ -1,0 +1,206 @@
+"""`train(cfg) -> float`: data -> model -> engine -> evaluation -> artifacts.
+
+Returns the best validation value of `training.monitor`, the number Hydra sweepers optimise.
+The test split is evaluated once, with the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from orchard_app.config import config_hash
+from orchard_app.config.resolvers import SHORT_HASH_LEN, resolved_container
+from orchard_app.config.validate import validate
+from orchard_app.data.dataset import load_dataset
+from orchard_app.data.pipeline import BatchPipeline
+from orchard_app.engine.checkpoint import fingerprint
+from orchard_app.engine.interrupts import StopSignals
+from orchard_app.engine.loop import Engine
+from orchard_app.errors import ConfigError
+from orchard_app.evaluation import figures
+from orchard_app.evaluation.artifacts import write_metrics, write_predictions
+from orchard_app.evaluation.metrics import confusion, per_class_report
+from orchard_app.evaluation.report import write_report
+from orchard_app.models import build_model
+from orchard_app.tracking.run_dir import RunDirectory
+
+log = logging.getLogger("orchard_app")
+
+
+def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
+    validate(cfg)
+    run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
+    config = resolved_container(cfg)
+    digest = config_hash(cfg)
+    with (
+        StopSignals() as stop,
+        RunDirectory(
+            run_path, {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
+        ) as run,
+    ):
+        device = setup_torch(cfg.hardware, int(cfg.training.seed))
+        run.provenance.update(device=str(device), threads=torch.get_num_threads())
+        log.info("run dir %s", run_path)
+
+        data = load_dataset(cfg.dataset, seed=int(cfg.training.seed))
+        info = data.info
+        log.info("dataset %s: %s, %d %s, %dx%dx%d, train/val/test %d/%d/%d", info.name, info.task, info.num_classes,
+                 "labels" if info.multilabel else "classes", info.in_chans, info.resolution, info.resolution,
+                 len(data.train), len(data.val), len(data.test))  # fmt: skip
+
+        model = build_model(cfg.model, in_chans=info.in_chans, num_classes=info.num_classes)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model %s: %s parameters on %s", cfg.model.name, f"{n_params:,}", device)
+
+        pipeline = BatchPipeline(
+            data, cfg.dataset, device, channels_last=bool(cfg.hardware.channels_last)
+        )
+        ckpt_dir = run_path / "checkpoints"
+        engine = Engine(
+            model,
+            pipeline,
+            cfg,
+            device,
+            ckpt_dir,
+            fingerprint(cfg.model, info, model),
+            config,
+            stop=stop,
+        )
+        if cfg.training.resume:
+            engine.resume(Path(os.path.expanduser(str(cfg.training.resume))))
+
+        started = time.perf_counter()
+        state = engine.fit()
+        train_seconds = time.perf_counter() - started
+
+        engine.load_best()
+        test, probs, labels = engine.evaluate(data.test, tta=bool(cfg.evaluation.tta))
+        names = list(info.label_names)
+        test["per_class"] = per_class_report(info.task, labels, probs, names)
+        summary = {
+            "test": test,
+            "best_epoch": state.best_epoch,
+            "monitor": {"name": engine.monitor, "mode": engine.mode, "best_value": state.best_value},
+            "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early,
+            "resumed_from": engine.resumed_from,
+            "train_seconds": round(train_seconds, 2),
+            "device": str(device),
+            "dataset": {"name": info.name, "task": info.task, "num_classes": info.num_classes, "in_chans": info.in_chans,
+                        "resolution": info.resolution, "label_names": names, "counts": info.counts,
+                        "train_samples": len(data.train), "file": info.file, "md5": info.md5, "licence": info.licence},
+            "model": {"name": str(cfg.model.name), "arch": str(cfg.model.arch), "parameters": n_params,
+                      "pretrained": bool(cfg.model.pretrained)},
+            "history": state.history,
+        }  # fmt: skip
+        write_metrics(run_path / "metrics.json", summary)
+        write_predictions(run_path / "predictions_test.csv", info.task, labels, probs, names)
+        figs = (
+            _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
+        )
+        write_report(run_path / "report.md", summary, config, figs)
+
+        log.info(
+            "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  balanced accuracy %.4f",
+            state.best_epoch, engine.monitor, state.best_value, test["accuracy"], test["auc"], test["macro_f1"],
+            test["balanced_accuracy"],
+        )  # fmt: skip
+        log.info("done: %s  (report.md, metrics.json, checkpoints/best.pt)", run_path)
+        return float(state.best_value)
+
+
+def setup_torch(hardware, seed: int) -> torch.device:
+    """Seed everything, set threads and determinism, and pick the device."""
+    if hardware.num_threads:
+        torch.set_num_threads(int(hardware.num_threads))
+    if hardware.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:  # (only when needed: the call imports torch._inductor, ~2 s)
+        if torch.are_deterministic_algorithms_enabled():
+            torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    wanted = str(hardware.device)
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            [
+                f"hardware.device={wanted}: torch sees no CUDA device (torch {torch.__version__}, {build}); use hardware=cpu or hardware=auto"
+            ]
+        )
+    return torch.device(wanted)
+
+
+def _figures(
+    cfg, run_path: Path, summary: dict, data, labels: np.ndarray, probs: np.ndarray
+) -> list[str]:
+    info = data.info
+    names = list(info.label_names)
+    out = run_path / "figures"
+    out.mkdir(exist_ok=True)
+    made = []
+    figures.training_curves(
+        out / "training_curves.png",
+        summary["history"],
+        summary["monitor"]["name"],
+        summary["best_epoch"],
+    )
+    made.append("figures/training_curves.png")
+    if info.multilabel:
+        from sklearn.metrics import roc_auc_score
+
+        aucs = {
+            n: float(roc_auc_score(labels[:, i], probs[:, i]))
+            for i, n in enumerate(names)
+            if 0 < labels[:, i].sum() < len(labels)
+        }
+        figures.per_label_auc(out / "auc_per_label.png", aucs)
+        made.append("figures/auc_per_label.png")
+    else:
+        figures.confusion_matrix(
+            out / "confusion_matrix.png", confusion(labels, probs, len(names)), names
+        )
+        made.append("figures/confusion_matrix.png")
+    figures.roc_curves(out / "roc_curves.png", info.task, labels, probs, names)
+    made.append("figures/roc_curves.png")
+    n = min(int(cfg.evaluation.sample_grid), len(labels))
+    if n:
+        idx = np.random.default_rng(0).choice(len(labels), size=n, replace=False)
+        images = data.test.images
+        sample = (
+            images[torch.from_numpy(idx)].cpu().numpy()
+            if isinstance(images, torch.Tensor)
+            else _rows(images, idx)
+        )
+        figures.sample_grid(
+            out / "test_samples.png", sample, labels[idx], probs[idx], names, info.task
+        )
+        made.append("figures/test_samples.png")
+    return made
+
+
+def _rows(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    x = np.take(images, np.sort(idx), axis=0)[np.argsort(np.argsort(idx))]
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def _hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise RuntimeError("train(cfg) outside a Hydra app needs output_dir=<run directory>")
+    return Path(HydraConfig.get().runtime.output_dir)
