@@ -1,0 +1,143 @@
+"""Config composition, validation and the fast command-line paths (--help, --cfg job)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT, compose, run_cli
+
+from orchard_app.config.validate import validate
+from orchard_app.errors import ConfigError
+
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "hardware", "tracking")
+
+
+def group_options():
+    for group in GROUPS:
+        for yaml in sorted((ROOT / "conf" / group).glob("*.yaml")):
+            yield group, yaml.stem
+
+
+@pytest.mark.parametrize(("group", "option"), list(group_options()))
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    extra = [f"dataset.path={tmp_path / 'x.npz'}"] if (group, option) == ("dataset", "npz") else []
+    cfg = compose(f"{group}={option}", *extra)
+    assert cfg[group] is not None
+    if group == "model" and cfg.model.resolutions and 28 not in cfg.model.resolutions:
+        cfg = compose(f"{group}={option}", f"dataset.resolution={cfg.model.resolutions[-1]}")
+    validate(cfg)
+
+
+def test_public_interface_keys_exist():
+    cfg = compose()
+    for key in ("dataset.root", "dataset.resolution", "dataset.max_samples", "model.pretrained", "optimizer.lr",
+                "optimizer.weight_decay", "hardware.device", "hardware.deterministic", "hardware.num_threads",
+                "training.epochs", "training.batch_size", "training.seed", "training.resume", "training.monitor"):  # fmt: skip
+        parent, _, leaf = key.rpartition(".")
+        assert leaf in cfg[parent], key
+
+
+def test_data_root_defaults_to_env_then_medmnist_home(monkeypatch):
+    monkeypatch.setenv("ORCHARD_DATA_DIR", "/data/medmnist")
+    assert compose().dataset.root == "/data/medmnist"
+    monkeypatch.delenv("ORCHARD_DATA_DIR")
+    assert compose().dataset.root == "~/.medmnist"  # medmnist's own default: reuse its downloads
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "hint"),
+    [
+        ("training.epochs=0", "training.epochs", ">= 1"),
+        ("optimizer.lr=-1", "optimizer.lr", "> 0"),
+        ("training.batch_size=0", "training.batch_size", ">= 1"),
+        ("dataset.resolution=32", "dataset.resolution", "28, 64, 128, 224"),
+        ("training.monitor=val_banana", "training.monitor", "val_accuracy"),
+        ("hardware.device=gpu", "hardware.device", "cuda"),
+        ("optimizer=adamw optimizer.nesterov=true", "optimizer.nesterov", "sgd"),
+    ],
+)
+def test_invalid_values_are_reported_with_field_and_allowed_values(override, field, hint):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(*override.split()))
+    text = str(err.value)
+    assert field in text and hint in text
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate(compose("training.epochs=0", "optimizer.lr=-1"))
+    assert len(err.value.problems) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("training.epochs=0", "training.epochs"),
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("training.batch_size=0", "training.batch_size"),
+        ("dataset.resolution=32", "dataset.resolution"),
+    ],  # fmt: skip
+)
+def test_cli_rejects_bad_values_without_traceback(override, field, tmp_path):
+    result = run_cli(override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert field in result.stderr and "invalid config" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists() or not any(
+        (tmp_path / "outputs").rglob("metrics.json")
+    )
+
+
+def test_cli_wrong_type_names_the_field_without_traceback(tmp_path):
+    result = run_cli("training.epochs=abc", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "training.epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_misspelt_key_is_refused(tmp_path):
+    result = run_cli("training.epoch=3", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "epoch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_unknown_group_option_lists_choices(tmp_path):
+    result = run_cli("model=resnet999", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "mini_cnn" in result.stderr and "resnet18_adapted" in result.stderr
+
+
+PROBE = (
+    "import sys; sys.argv = ['orchard_app', *sys.argv[1:]]\n"
+    "from orchard_app.__main__ import main\n"
+    "try:\n    main()\nfinally:\n    print('TORCH_IMPORTED=' + str('torch' in sys.modules), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--cfg", "job"],
+        ["--cfg", "job", "dataset=bloodmnist", "model=resnet18_adapted"],
+    ],
+)
+def test_help_and_cfg_job_do_not_import_torch(args, tmp_path):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH_IMPORTED=False" in result.stderr
+    if args == ["--help"]:
+        for group in GROUPS:
+            assert f"{group}:" in result.stdout
+        assert "resnet18_adapted" in result.stdout and "sgd" in result.stdout
+    else:
+        assert "training:" in result.stdout and "epochs:" in result.stdout
+    assert not (tmp_path / "outputs").exists()  # neither creates a run directory
