@@ -30,6 +30,7 @@ from orchard_app.evaluation.artifacts import write_metrics, write_predictions
 from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
 from orchard_app.models import build_model
+from orchard_app.tracking import open_tracker
 from orchard_app.tracking.run_dir import RunDirectory
 
 log = logging.getLogger("orchard_app")
@@ -38,42 +39,35 @@ log = logging.getLogger("orchard_app")
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     validate(cfg)
     run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    config = resolved_container(cfg)
-    digest = config_hash(cfg)
+    config, digest = resolved_container(cfg), config_hash(cfg)
+    fields = {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
     with (
         StopSignals() as stop,
-        RunDirectory(
-            run_path, {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
-        ) as run,
+        RunDirectory(run_path, fields) as run,
+        open_tracker(cfg, run_path, config, digest) as tracker,
     ):
-        device = setup_torch(cfg.hardware, int(cfg.training.seed))
+        seed = int(cfg.training.seed)
+        device = setup_torch(cfg.hardware, seed)
         run.provenance.update(device=str(device), threads=torch.get_num_threads())
         log.info("run dir %s", run_path)
 
-        data = load_dataset(cfg.dataset, seed=int(cfg.training.seed))
+        data = load_dataset(cfg.dataset, seed=seed)
         info = data.info
-        log.info("dataset %s: %s, %d %s, %dx%dx%d, train/val/test %d/%d/%d", info.name, info.task, info.num_classes,
-                 "labels" if info.multilabel else "classes", info.in_chans, info.resolution, info.resolution,
-                 len(data.train), len(data.val), len(data.test))  # fmt: skip
+        log.info(
+            "dataset %s: %s, %d %s, %dx%dx%d, train/val/test %d/%d/%d", info.name, info.task,
+            info.num_classes, "labels" if info.multilabel else "classes", info.in_chans,
+            info.resolution, info.resolution, len(data.train), len(data.val), len(data.test),
+        )  # fmt: skip
 
         model = build_model(cfg.model, in_chans=info.in_chans, num_classes=info.num_classes)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model %s: %s parameters on %s", cfg.model.name, f"{n_params:,}", device)
 
-        pipeline = BatchPipeline(
-            data, cfg.dataset, device, channels_last=bool(cfg.hardware.channels_last)
-        )
-        ckpt_dir = run_path / "checkpoints"
+        pipeline = BatchPipeline(data, cfg.dataset, device, bool(cfg.hardware.channels_last))
         engine = Engine(
-            model,
-            pipeline,
-            cfg,
-            device,
-            ckpt_dir,
-            fingerprint(cfg.model, info, model),
-            config,
-            stop=stop,
-        )
+            model, pipeline, cfg, device, run_path / "checkpoints",
+            fingerprint(cfg.model, info, model), config, callbacks=[tracker.on_epoch_end], stop=stop,
+        )  # fmt: skip
         if cfg.training.resume:
             engine.resume(Path(os.path.expanduser(str(cfg.training.resume))))
 
@@ -81,40 +75,55 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         state = engine.fit()
         train_seconds = time.perf_counter() - started
 
-        engine.load_best()
+        engine.load_best()  # the test split is used once, with the best checkpoint
         test, probs, labels = engine.evaluate(data.test, tta=bool(cfg.evaluation.tta))
-        names = list(info.label_names)
-        test["per_class"] = per_class_report(info.task, labels, probs, names)
-        summary = {
-            "test": test,
-            "best_epoch": state.best_epoch,
-            "monitor": {"name": engine.monitor, "mode": engine.mode, "best_value": state.best_value},
-            "epochs_run": state.epoch,
-            "stopped_early": state.stopped_early,
-            "resumed_from": engine.resumed_from,
-            "train_seconds": round(train_seconds, 2),
-            "device": str(device),
-            "dataset": {"name": info.name, "task": info.task, "num_classes": info.num_classes, "in_chans": info.in_chans,
-                        "resolution": info.resolution, "label_names": names, "counts": info.counts,
-                        "train_samples": len(data.train), "file": info.file, "md5": info.md5, "licence": info.licence},
-            "model": {"name": str(cfg.model.name), "arch": str(cfg.model.arch), "parameters": n_params,
-                      "pretrained": bool(cfg.model.pretrained)},
-            "history": state.history,
-        }  # fmt: skip
-        write_metrics(run_path / "metrics.json", summary)
-        write_predictions(run_path / "predictions_test.csv", info.task, labels, probs, names)
-        figs = (
-            _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
-        )
-        write_report(run_path / "report.md", summary, config, figs)
+        test["per_class"] = per_class_report(info.task, labels, probs, list(info.label_names))
+        summary = _summary(cfg, engine, data, test, n_params, train_seconds, device)
+        _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
+        tracker.log_results(summary, run_path)
 
         log.info(
-            "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  balanced accuracy %.4f",
-            state.best_epoch, engine.monitor, state.best_value, test["accuracy"], test["auc"], test["macro_f1"],
-            test["balanced_accuracy"],
+            "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  "
+            "balanced accuracy %.4f", state.best_epoch, engine.monitor, state.best_value,
+            test["accuracy"], test["auc"], test["macro_f1"], test["balanced_accuracy"],
         )  # fmt: skip
         log.info("done: %s  (report.md, metrics.json, checkpoints/best.pt)", run_path)
         return float(state.best_value)
+
+
+def _summary(cfg, engine: Engine, data, test: dict, n_params: int, seconds: float, device) -> dict:
+    """Everything metrics.json records about the run."""
+    info, state = data.info, engine.state
+    return {
+        "test": test,
+        "best_epoch": state.best_epoch,
+        "monitor": {"name": engine.monitor, "mode": engine.mode, "best_value": state.best_value},
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "resumed_from": engine.resumed_from,
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "dataset": {
+            "name": info.name, "task": info.task, "num_classes": info.num_classes,
+            "in_chans": info.in_chans, "resolution": info.resolution,
+            "label_names": list(info.label_names), "counts": info.counts,
+            "train_samples": len(data.train), "file": info.file, "md5": info.md5,
+            "licence": info.licence,
+        },
+        "model": {
+            "name": str(cfg.model.name), "arch": str(cfg.model.arch), "parameters": n_params,
+            "pretrained": bool(cfg.model.pretrained),
+        },
+        "history": state.history,
+    }  # fmt: skip
+
+
+def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs) -> None:
+    names = list(data.info.label_names)
+    write_metrics(run_path / "metrics.json", summary)
+    write_predictions(run_path / "predictions_test.csv", data.info.task, labels, probs, names)
+    figs = _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
+    write_report(run_path / "report.md", summary, config, figs)
 
 
 def setup_torch(hardware, seed: int) -> torch.device:
