@@ -199,7 +199,11 @@ def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 
     tmp = dest.with_suffix(".partial")
     with zf.open(member) as src:
         version = np.lib.format.read_magic(src)
-        shape, fortran, dtype = np.lib.format._read_array_header(src, version)  # noqa: SLF001
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }[version]
+        shape, fortran, dtype = read_header(src)
         if fortran:
             raise ValueError(f"{member} is Fortran-ordered")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)

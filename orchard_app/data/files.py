@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from filelock import FileLock
@@ -35,7 +36,7 @@ def ensure_medmnist_file(
         verify_md5(path, md5, url, cache_dir)
         return path
     if not download:
-        raise DataError(_missing_message(fname, url, md5, root, "dataset.download=false"))
+        raise DataError(missing_message(fname, url, md5, root, "dataset.download=false"))
     return _download(url, fname, md5, root)
 
 
@@ -43,37 +44,51 @@ def _download(url: str, fname: str, md5: str, root: Path) -> Path:
     import pooch  # lazy: pooch pulls in requests
 
     log.info("downloading %s from %s", fname, url)
+    pooch.get_logger().setLevel(logging.WARNING)  # we announce the download ourselves, once
     try:
         root.mkdir(parents=True, exist_ok=True)
-        done = pooch.retrieve(
-            url, known_hash=f"md5:{md5}", fname=fname, path=root, progressbar=True
-        )
+        done = pooch.retrieve(url, f"md5:{md5}", fname=fname, path=root, progressbar=True)
     except ValueError as e:  # pooch: the downloaded file's hash does not match
         raise DataError(
             f"the download of {fname} from {url} failed its MD5 check (expected {md5}); nothing "
             f"was kept. The server sent a different or incomplete file ({_first_line(e)}).\n"
-            + _by_hand(fname, url, md5, root)
+            + by_hand(fname, url, md5, root)
         ) from None
-    except (
-        Exception
-    ) as e:  # offline, DNS, HTTP error, dropped connection: pooch removes its temp file
-        reason = f"{type(e).__name__}: {_first_line(e)}"
-        raise DataError(_missing_message(fname, url, md5, root, reason)) from None
+    except Exception as e:  # offline, DNS, HTTP error, dropped connection (pooch cleans up)
+        raise DataError(missing_message(fname, url, md5, root, network_reason(e))) from None
     return Path(done)
 
 
-def _missing_message(fname: str, url: str, md5: str, root: Path, reason: str) -> str:
-    return f"{fname} is not in {root} and could not be downloaded ({reason}).\n" + _by_hand(
-        fname, url, md5, root
-    )
+def missing_message(fname: str, url: str, md5: str, root: Path, reason: str) -> str:
+    head = f"{fname} is not in {root} and could not be downloaded ({reason}).\n"
+    return head + by_hand(fname, url, md5, root)
 
 
-def _by_hand(fname: str, url: str, md5: str, root: Path) -> str:
+def by_hand(fname: str, url: str, md5: str, root: Path) -> str:
     return (
         f"  Fetch it by hand on a machine with internet:  curl -L -o {fname} '{url}'\n"
         f"  Check it:  md5sum {fname}   (must print {md5})\n"
-        f"  Put it in: {root}/   (or point dataset.root / ORCHARD_DATA_DIR at the folder that has it)"
+        f"  Put it in: {root}/   (or point dataset.root / ORCHARD_DATA_DIR at the folder with it)"
     )
+
+
+def network_reason(e: BaseException) -> str:
+    """A short cause instead of urllib3's nested repr."""
+    text, kind = str(e), type(e).__name__
+    m = re.search(r"host='([^']+)'", text) or re.search(r"https?://([^/:]+)", text)
+    host = m.group(1) if m else "the server"
+    if "NameResolution" in text or "Failed to resolve" in text:
+        return f"cannot resolve {host}: no network?"
+    if "refused" in text.lower():
+        return f"connection refused by {host}"
+    if "timed out" in text.lower() or "Timeout" in kind:
+        return f"connection to {host} timed out"
+    if "IncompleteRead" in text or "Connection broken" in text or "ChunkedEncoding" in kind:
+        return "the connection dropped before the file was complete; nothing was kept"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status:
+        return f"HTTP {status} from {host}"
+    return f"{kind}: {_first_line(e)}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -95,8 +110,7 @@ def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
     key = str(path.resolve())
     stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
     memo_path = cache_dir / "md5_verified.json"
-    memo = _read_memo(memo_path)
-    if memo.get(key) == stamp:
+    if _read_memo(memo_path).get(key) == stamp:
         return
     log.info("verifying MD5 of %s (%d MB, once)", path.name, stat.st_size >> 20)
     actual = md5_of(path)
@@ -104,8 +118,8 @@ def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
         raise DataError(
             f"{path} fails its MD5 check: expected {expected}, got {actual}. The file is corrupt "
             f"or truncated (an interrupted download?).\n"
-            f"  Delete it and run again to download it afresh, or fetch it by hand:\n"
-            + _by_hand(path.name, url, expected, path.parent)
+            f"  Delete it and run again to download it afresh, or:\n"
+            + by_hand(path.name, url, expected, path.parent)
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(memo_path) + ".lock"):

@@ -1,0 +1,47 @@
+"""Shared set-up for the benchmarks: find the real data, compose configs, time things."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "medmnist"
+
+
+def data_root() -> Path:
+    """../shared/data/medmnist if present, else $ORCHARD_DATA_DIR / ~/.medmnist."""
+    if (SHARED / "bloodmnist.npz").is_file():
+        return SHARED
+    root = Path(os.environ.get("ORCHARD_DATA_DIR", "~/.medmnist")).expanduser()
+    if not (root / "bloodmnist.npz").is_file():
+        sys.exit(
+            f"bloodmnist.npz not found in {SHARED} or {root}; set ORCHARD_DATA_DIR to its folder"
+        )
+    return root
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from orchard_app.config import CONF_DIR, register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def rate(fn: Callable[[], int], min_seconds: float = 3.0, max_calls: int | None = None) -> float:
+    """Items per second of `fn` (which returns how many items it processed), after one warm-up call."""
+    fn()
+    done, calls, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds and (max_calls is None or calls < max_calls):
+        done += fn()
+        calls += 1
+    return done / (time.perf_counter() - start)
