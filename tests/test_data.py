@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -372,7 +371,8 @@ def test_multilabel_trains_one_epoch_and_reports_mean_auc(tmp_path):
     assert metrics["dataset"]["task"] == "multi-label" and metrics["dataset"]["num_classes"] == 4
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "run" / "predictions_test.csv")))
+    with open(tmp_path / "run" / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
     y = np.array([[int(r[f"true_{i}"]) for i in range(4)] for r in rows])
     p = np.array([[float(r[f"prob_{i}"]) for i in range(4)] for r in rows])
     assert metrics["test"]["auc"] == pytest.approx(
