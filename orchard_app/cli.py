@@ -20,7 +20,7 @@ def run_job(cfg: DictConfig) -> float:
         from orchard_app.config.validate import validate
 
         validate(cfg)  # before torch is even imported
-        from orchard_app.train import train
+        from orchard_app.experiment import train
 
         return train(cfg)
     except OrchardError as e:

@@ -132,8 +132,10 @@ class Engine:
             while s.epoch < self.epochs and not s.stopped_early:
                 started = time.perf_counter()
                 train_loss = self._train_epoch()
+                trained = time.perf_counter()
                 val = self.evaluate(self.pipeline.data.val)[0]
-                record = self._end_epoch(train_loss, val, time.perf_counter() - started)
+                times = (trained - started, time.perf_counter() - trained)
+                record = self._end_epoch(train_loss, val, times)
                 for callback in self.callbacks:
                     callback(record, self)
                 if self.stop.requested:
@@ -185,12 +187,15 @@ class Engine:
         return loss.detach()
 
     def _end_epoch(
-        self, train_loss: float, val: dict[str, float], seconds: float
-    ) -> dict[str, Any]:
+        self, train_loss: float, val: dict[str, float], times: tuple[float, float]
+    ) -> dict:
         s = self.state
         epoch = s.epoch + 1
-        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
-                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}  # fmt: skip
+        record = {
+            "epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
+            "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(sum(times), 3),
+            "train_seconds": round(times[0], 3), "val_seconds": round(times[1], 3),
+        }  # fmt: skip
         value = record[self.monitor]
         improved = self._improves(value, record["val_loss"])
         if improved:

@@ -1,4 +1,4 @@
-"""`train(cfg) -> float`: data -> model -> engine -> evaluation -> artifacts.
+"""`train(cfg) -> float`, the one entry point: data -> model -> engine -> evaluation -> artifacts.
 
 Returns the best validation value of `training.monitor`, the number Hydra sweepers optimise.
 The test split is evaluated once, with the best checkpoint.

@@ -1,0 +1,438 @@
+"""The training engine: recipe pieces, checkpoints, exact resume, signals, evaluation, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import compose, make_npz, run_cli, tiny_overrides
+
+from orchard_app import train
+from orchard_app.data.dataset import load_dataset
+from orchard_app.data.pipeline import BatchPipeline
+from orchard_app.engine.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from orchard_app.engine.loop import Engine
+from orchard_app.engine.optim import build_optimizer, build_schedule
+from orchard_app.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from orchard_app.experiment import setup_torch
+from orchard_app.models import build_model
+
+RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.hflip=true",
+          "dataset.augment.rotation=10", "training.mixup_alpha=0.2", "scheduler.warmup_epochs=1"]  # fmt: skip
+
+
+def make_engine(tmp_path, npz, *overrides: str) -> Engine:
+    cfg = compose(*tiny_overrides(npz, *overrides))
+    device = setup_torch(cfg.hardware, int(cfg.training.seed))
+    data = load_dataset(cfg.dataset, seed=int(cfg.training.seed))
+    model = build_model(cfg.model, data.info.in_chans, data.info.num_classes)
+    pipe = BatchPipeline(data, cfg.dataset, device)
+    return Engine(
+        model, pipe, cfg, device, tmp_path / "ckpt", fingerprint(cfg.model, data.info, model), {}
+    )
+
+
+def read_metrics(run) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------- optimisers and schedules
+def _lrs(name: str, epochs=8, steps=10, **sched) -> list[float]:
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, compose("optimizer=sgd", "optimizer.lr=0.1").optimizer)
+    cfg = compose(f"scheduler={name}", *[f"scheduler.{k}={v}" for k, v in sched.items()]).scheduler
+    schedule = build_schedule(opt, cfg, 0.1, epochs, steps, "max")
+    lrs = []
+    for _ in range(epochs):
+        for _ in range(steps):
+            opt.step()
+            if schedule.interval == "step":
+                schedule.scheduler.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        if schedule.interval == "epoch":
+            schedule.scheduler.step()
+        elif schedule.interval == "plateau":
+            schedule.scheduler.step(0.5)  # never improves
+    return lrs
+
+
+def test_multistep_is_the_medmnist_protocol():
+    lrs = _lrs("multistep", epochs=8)
+    assert lrs == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+
+
+def test_cosine_warms_up_then_decays_to_min_lr():
+    lrs = _lrs("cosine", epochs=10, warmup_epochs=2, min_lr=0.001)
+    assert lrs[0] < lrs[1] == pytest.approx(0.1, rel=0.02)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False)) and lrs[-1] == pytest.approx(
+        0.001
+    )
+
+
+def test_step_plateau_onecycle_and_none():
+    assert _lrs("step", epochs=6, step_size=2) == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
+    plateau = _lrs("plateau", epochs=6, patience=1)
+    assert plateau[0] == 0.1 and plateau[-1] < 0.01
+    onecycle = _lrs("onecycle", epochs=10, max_lr=0.5)
+    assert max(onecycle) == pytest.approx(0.5, rel=0.1) and onecycle[-1] < 0.01
+    assert _lrs("none") == [0.1] * 8
+
+
+def test_optimizer_settings_reach_torch():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    sgd = build_optimizer(model, compose("optimizer=sgd", "optimizer.momentum=0.8").optimizer)
+    assert (
+        isinstance(sgd, torch.optim.SGD)
+        and sgd.defaults["nesterov"]
+        and sgd.defaults["momentum"] == 0.8
+    )
+    adam = build_optimizer(model, compose("optimizer=adam", "optimizer.betas=[0.8,0.9]").optimizer)
+    assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.9)
+    adamw = build_optimizer(
+        model, compose("optimizer=adamw", "optimizer.weight_decay=0.1").optimizer
+    )
+    decay, no_decay = adamw.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+
+
+@pytest.mark.parametrize("name", ["cosine", "multistep", "step", "plateau", "onecycle"])
+def test_schedule_state_survives_a_weights_only_checkpoint(name, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, compose().optimizer)
+    schedule = build_schedule(opt, compose(f"scheduler={name}").scheduler, 1e-3, 4, 5, "max")
+    for _ in range(7):
+        opt.step()
+        schedule.scheduler.step(*([0.5] if name == "plateau" else []))
+    save_checkpoint(
+        tmp_path / "s.pt", {"schedule": schedule.state_dict(), "fingerprint": {}, "model": {}}
+    )
+    fresh = build_schedule(opt, compose(f"scheduler={name}").scheduler, 1e-3, 4, 5, "max")
+    fresh.load_state_dict(load_checkpoint(tmp_path / "s.pt")["schedule"])
+    assert (
+        fresh.scheduler.state_dict()["last_epoch" if name != "plateau" else "last_epoch"]
+        == schedule.scheduler.state_dict()["last_epoch"]
+    )
+
+
+# ---------------------------------------------------------------- loss recipe pieces
+def test_grad_clip_bounds_the_gradient_norm(tiny_npz, tmp_path):
+    engine = make_engine(tmp_path, tiny_npz, "training.grad_clip=0.001")
+    x, y = engine.pipeline.train_batch(torch.arange(16), engine.gen)
+    engine._train_step(x, y)
+    norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in engine.model.parameters() if p.grad is not None])
+    )
+    assert norm <= 0.001 * 1.01
+
+
+def test_label_smoothing_and_class_weights_change_the_loss(tiny_npz, tmp_path):
+    plain = make_engine(tmp_path, tiny_npz)
+    smooth = make_engine(tmp_path, tiny_npz, "training.label_smoothing=0.2")
+    logits, y = torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0])
+    assert plain._loss(logits, y, train=True) < 1e-6 < smooth._loss(logits, y, train=True)
+    assert smooth._loss(logits, y, train=False) < 1e-6  # validation loss is the plain one
+    imbalanced = make_npz(tmp_path / "imb.npz", counts=(96, 32, 32))
+    weighted = make_engine(
+        tmp_path, imbalanced, "training.class_weighted_loss=true", "dataset.max_samples=40"
+    )
+    counts = weighted.pipeline.data.class_counts()
+    expected = counts.sum() / (len(counts) * counts)
+    assert torch.allclose(weighted.class_weight, expected)
+
+
+def test_mixup_mixes_inputs_and_soft_targets(tiny_npz, tmp_path):
+    engine = make_engine(tmp_path, tiny_npz, "training.mixup_alpha=0.4")
+    x, y = engine.pipeline.train_batch(torch.arange(16), engine.gen)
+    mixed, target = engine._mixup(x, y)
+    assert mixed.shape == x.shape and not torch.equal(mixed, x)
+    assert target.shape == (16, 3) and torch.allclose(target.sum(1), torch.ones(16))
+    assert ((target > 0) & (target < 1)).any()
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tiny_npz, tmp_path):
+    engine = make_engine(tmp_path, tiny_npz, "hardware.amp=true", "hardware.channels_last=true")
+    assert engine.amp_dtype == torch.bfloat16
+    seen = []
+    first_conv = next(m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(
+        lambda m, i, o: seen.append(
+            (o.dtype, i[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+    x, y = engine.pipeline.train_batch(torch.arange(16), engine.gen)
+    loss = engine._train_step(x, y)
+    assert torch.isfinite(loss) and seen == [(torch.bfloat16, True)]
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_early_stopping_after_patience(tiny_npz, tmp_path, monkeypatch):
+    scripted = iter([0.5, 0.7, 0.6, 0.65, 0.65, 0.9, 0.95])  # no new best after epoch 2
+    real = Engine.evaluate
+
+    def evaluate(self, split, tta=False):
+        metrics, probs, labels = real(self, split, tta)
+        if split is self.pipeline.data.val:
+            metrics["accuracy"] = next(scripted)
+        return metrics, probs, labels
+
+    monkeypatch.setattr(Engine, "evaluate", evaluate)
+    train(
+        compose(*tiny_overrides(tiny_npz, "training.epochs=7", "training.early_stop_patience=3")),
+        output_dir=tmp_path / "r",
+    )
+    metrics = read_metrics(tmp_path / "r")
+    assert metrics["epochs_run"] == 5 and metrics["stopped_early"] and metrics["best_epoch"] == 2
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+def test_checkpoints_hold_full_state_and_load_weights_only(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    train(compose(*tiny_overrides(tiny_npz, "training.epochs=2")), output_dir=run)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert {
+        "model",
+        "optimizer",
+        "schedule",
+        "scaler",
+        "state",
+        "rng",
+        "fingerprint",
+        "best_model",
+    } <= set(last)
+    assert last["state"]["epoch"] == 2 and len(last["state"]["history"]) == 2
+    assert last["fingerprint"]["model"] == "mini_cnn" and last["fingerprint"]["num_classes"] == 3
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == read_metrics(run)["best_epoch"] and "optimizer" not in best
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.pt",
+        "last.pt",
+    ]  # no temp files
+
+
+def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=run)
+    a, b = (read_metrics(r) for r in runs)
+    assert a["test"] == b["test"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+@pytest.mark.parametrize(
+    "stop_at_batch", [9, 12]
+)  # mid-epoch 2, and its last step (epoch boundary)
+def test_interrupted_then_resumed_run_matches_uninterrupted(
+    tiny_npz, tmp_path, monkeypatch, stop_at_batch
+):
+    straight = tmp_path / "straight"
+    train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=straight)
+
+    real, calls = BatchPipeline.train_batch, [0]
+
+    def train_batch(self, idx, g):
+        calls[0] += 1
+        if calls[0] == stop_at_batch:
+            os.kill(
+                os.getpid(), signal.SIGTERM
+            )  # arrives during this step; the step still finishes
+        return real(self, idx, g)
+
+    monkeypatch.setattr(BatchPipeline, "train_batch", train_batch)
+    first = tmp_path / "first"
+    with pytest.raises(TrainingInterrupted) as err:
+        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=first)
+    assert err.value.exit_code == 143 and err.value.checkpoint.endswith("last.pt")
+    assert json.loads((first / "provenance.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(BatchPipeline, "train_batch", real)
+
+    resumed = tmp_path / "resumed"
+    train(
+        compose(*tiny_overrides(tiny_npz, *RECIPE, f"training.resume={err.value.checkpoint}")),
+        output_dir=resumed,
+    )
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert (
+        a["test"] == b["test"] and a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    )
+    assert b["resumed_from"] == err.value.checkpoint and len(b["history"]) == 3
+
+
+def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_path):
+    run = tmp_path / "mini"
+    train(compose(*tiny_overrides(tiny_npz)), output_dir=run)
+    last = run / "checkpoints" / "last.pt"
+    result = run_cli(
+        *tiny_overrides(tiny_npz, "model=resnet18_adapted", f"training.resume={last}"), cwd=tmp_path
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "model=mini_cnn" in result.stderr and "model=resnet18_adapted" in result.stderr
+    with pytest.raises(CheckpointError, match="num_classes"):
+        other = make_npz(tmp_path / "four.npz", classes=4)
+        train(compose(*tiny_overrides(other, f"training.resume={last}")), output_dir=tmp_path / "x")
+    with pytest.raises(CheckpointError, match="model weights only"):
+        train(
+            compose(
+                *tiny_overrides(tiny_npz, f"training.resume={run / 'checkpoints' / 'best.pt'}")
+            ),
+            output_dir=tmp_path / "y",
+        )
+
+
+def test_garbage_checkpoint_is_a_clear_error(tiny_npz, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        train(
+            compose(*tiny_overrides(tiny_npz, f"training.resume={junk}")), output_dir=tmp_path / "r"
+        )
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good(
+    tiny_npz, tmp_path, monkeypatch
+):
+    real, calls = Engine._train_step, [0]
+
+    def train_step(self, x, y):
+        calls[0] += 1
+        loss = real(self, x, y)
+        return loss * float("nan") if calls[0] == 9 else loss  # epoch 2, step 3 (6 steps an epoch)
+
+    monkeypatch.setattr(Engine, "_train_step", train_step)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as err:
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=run)
+    assert "epoch 2, step 3/6" in str(err.value) and "optimizer.lr" in str(err.value)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    assert json.loads((run / "provenance.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_prints_resume_command_that_works(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
+    args = tiny_overrides(npz, "training.epochs=3", "hardware.deterministic=true")
+    straight = run_cli(*args, cwd=tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)
+    assert straight.returncode == 0, straight.stderr
+    (tmp_path / "b").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path / "b",
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "epoch 1/3" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    proc.wait(timeout=120)
+    text = "".join(lines)
+    assert proc.returncode == 143, text
+    assert "SIGTERM" in text and "Resume with:" in text and "Traceback" not in text
+    command = text.split("Resume with:")[1].strip().splitlines()[0].split()
+    assert command[:3] == ["python", "-m", "orchard_app"] and command[-1].startswith(
+        "training.resume="
+    )
+    resumed = subprocess.run(
+        [sys.executable, *command[1:]], cwd=tmp_path / "b", capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    finals = [
+        json.loads(p.read_text())["test"]
+        for p in sorted(tmp_path.glob("*/outputs/*/*/metrics.json"))
+    ]
+    assert len(finals) == 2 and finals[0] == finals[1]
+
+
+# ---------------------------------------------------------------- evaluation and report
+def test_tta_averages_the_flipped_views(tiny_npz, tmp_path):
+    engine = make_engine(tmp_path, tiny_npz)
+    test = engine.pipeline.data.test
+    _, plain, _ = engine.evaluate(test)
+    _, tta, _ = engine.evaluate(test, tta=True)
+    x, _ = next(engine.pipeline.eval_batches(test, 10_000))
+    with torch.no_grad():
+        flipped = torch.softmax(engine.model(x.flip(3)), 1).numpy()
+    assert tta == pytest.approx((plain + flipped) / 2, abs=1e-5)
+
+
+def test_test_split_is_evaluated_once_with_the_best_checkpoint(tiny_npz, tmp_path, monkeypatch):
+    seen = []
+    real = Engine.evaluate
+
+    def evaluate(self, split, tta=False):
+        if split is self.pipeline.data.test:
+            seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return real(self, split, tta)
+
+    monkeypatch.setattr(Engine, "evaluate", evaluate)
+    train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=tmp_path / "r")
+    assert len(seen) == 1
+    best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(seen[0][k], best[k]) for k in best)
+
+
+def test_predictions_csv_has_one_row_per_test_sample(tiny_npz, tmp_path):
+    import csv
+
+    train(
+        compose(*tiny_overrides(tiny_npz, "dataset.label_names=[top,middle,bottom]")),
+        output_dir=tmp_path / "r",
+    )
+    with open(tmp_path / "r" / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 32
+    assert set(rows[0]) == {
+        "index",
+        "true",
+        "true_name",
+        "pred",
+        "pred_name",
+        "prob_top",
+        "prob_middle",
+        "prob_bottom",
+    }
+    assert sum(float(rows[0][f"prob_{n}"]) for n in ("top", "middle", "bottom")) == pytest.approx(
+        1, abs=1e-4
+    )
+    per_class = read_metrics(tmp_path / "r")["test"]["per_class"]
+    assert set(per_class) == {"top", "middle", "bottom"} and set(per_class["top"]) == {
+        "precision",
+        "recall",
+        "f1",
+        "support",
+    }
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_report_and_figures_are_written(tmp_path, multilabel):
+    npz = make_npz(tmp_path / "d.npz", classes=4, multilabel=multilabel)
+    train(
+        compose(
+            *tiny_overrides(
+                npz, "training.epochs=2", "evaluation.figures=true", "evaluation.sample_grid=8"
+            )
+        ),
+        output_dir=tmp_path / "r",
+    )
+    figures = sorted(p.name for p in (tmp_path / "r" / "figures").iterdir())
+    second = "auc_per_label.png" if multilabel else "confusion_matrix.png"
+    assert figures == sorted(["training_curves.png", second, "roc_curves.png", "test_samples.png"])
+    assert all((tmp_path / "r" / "figures" / f).stat().st_size > 10_000 for f in figures)
+    report = (tmp_path / "r" / "report.md").read_text()
+    accuracy = read_metrics(tmp_path / "r")["test"]["accuracy"]
+    assert f"| Accuracy | {accuracy:.4f} |" in report
+    assert all(f"(figures/{f})" in report for f in figures) and "## Config" in report
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tiny_npz, tmp_path):
+    value = train(
+        compose(*tiny_overrides(tiny_npz, "hardware.compile=true")), output_dir=tmp_path / "r"
+    )
+    assert 0 <= value <= 1
