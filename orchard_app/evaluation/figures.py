@@ -46,8 +46,11 @@ def training_curves(
             ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best ({monitor})")
     for ax in axes[:2]:
         ax.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
