@@ -31,6 +31,7 @@ from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
 from orchard_app.models import build_model
 from orchard_app.tracking import open_tracker
+from orchard_app.tracking.provenance import device_info
 from orchard_app.tracking.run_dir import RunDirectory
 
 log = logging.getLogger("orchard_app")
@@ -41,14 +42,12 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
     config, digest = resolved_container(cfg), config_hash(cfg)
     fields = {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
-    with (
-        StopSignals() as stop,
-        RunDirectory(run_path, fields) as run,
-        open_tracker(cfg, run_path, config, digest) as tracker,
-    ):
+    with StopSignals() as stop, RunDirectory(run_path, fields) as run:
+        # closed by the run dir after provenance.json records the outcome
+        tracker = run.track(open_tracker(cfg, run_path, config, digest, run.provenance.data))
         seed = int(cfg.training.seed)
         device = setup_torch(cfg.hardware, seed)
-        run.provenance.update(device=str(device), threads=torch.get_num_threads())
+        run.provenance.update(**device_info(device))
         log.info("run dir %s", run_path)
 
         data = load_dataset(cfg.dataset, seed=seed)

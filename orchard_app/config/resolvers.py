@@ -43,9 +43,21 @@ def claim_unique_dir(path: str) -> str:
             n += 1
 
 
+_claimed: dict[str, str] = {}
+
+
+def _claim_once(path: str) -> str:
+    """`claim_unique_dir`, once per process and path: OmegaConf's resolver cache lives on one
+    config object, and Hydra resolves the run/sweep dir on copies too (the submitit launcher
+    resolves `${hydra.sweep.dir}` in its own node), which would otherwise claim a second dir."""
+    if path not in _claimed:
+        _claimed[path] = claim_unique_dir(path)
+    return _claimed[path]
+
+
 def register_resolvers() -> None:
     OmegaConf.register_resolver("orchard_hash", _short_hash, replace=True)
-    OmegaConf.register_resolver("orchard_unique", claim_unique_dir, use_cache=True, replace=True)
+    OmegaConf.register_resolver("orchard_unique", _claim_once, use_cache=True, replace=True)
 
 
 def resolved_container(cfg: DictConfig) -> dict[str, Any]:

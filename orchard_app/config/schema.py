@@ -101,8 +101,9 @@ class HardwareConfig:
 @dataclass
 class TrackingConfig:
     name: str = "none"  # none | mlflow
-    uri: str | None = None
+    uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "orchard_app"
+    artifact_location: str | None = None  # null: mlartifacts/ beside a SQLite DB
 
 
 @dataclass

@@ -3,16 +3,26 @@
 `open_tracker(cfg, ...)` returns the tracker for `cfg.tracking.name`; `tracking=none` returns a
 NullTracker and imports nothing from MLflow. A tracker is a context manager with two hooks:
 `on_epoch_end(record, engine)` (an Engine callback) and `log_results(summary, run_dir)`; leaving
-the context ends the tracked run with the outcome (completed / failed / interrupted).
+the context ends the tracked run with the outcome (completed / failed / interrupted). Its `info`
+dict (e.g. the MLflow run id) is recorded in provenance.json by `RunDirectory.track`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from orchard_app.errors import OrchardError
+
+
+class TrackingError(OrchardError):
+    title = "experiment tracking problem"
+
 
 class NullTracker:
+    info: dict[str, Any] = {}
+
     def __enter__(self) -> NullTracker:
         return self
 
@@ -26,7 +36,16 @@ class NullTracker:
         return None
 
 
-def open_tracker(cfg, run_dir: Path, config: dict[str, Any], config_hash: str):
+def open_tracker(
+    cfg, run_dir: Path, config: dict[str, Any], config_hash: str, provenance: dict | None = None
+):
+    """The tracker for `cfg.tracking.name`; `provenance` (git commit, host, run id) becomes tags."""
     if cfg.tracking.name == "none":
         return NullTracker()
-    raise NotImplementedError(f"tracking={cfg.tracking.name} is not implemented yet")
+    if cfg.tracking.name == "mlflow":
+        # MLflow would give its logger a console handler of its own; ours route it (logging.py)
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+        from orchard_app.tracking.mlflow_tracker import MlflowTracker  # imports mlflow (~2 s)
+
+        return MlflowTracker(cfg, Path(run_dir), config, config_hash, provenance or {})
+    raise TrackingError(f"tracking={cfg.tracking.name}: unknown tracker; use none or mlflow")

@@ -1,10 +1,15 @@
 """Logging through structlog: readable lines on the console and in logs/run.log for people,
-JSON lines in logs/run.jsonl for machines. Every record carries the run id; warnings and
-third-party loggers (Hydra, pooch, MLflow, ...) go through the same handlers, once each.
+JSON lines in logs/run.jsonl for machines.
+
+During a run the root logger has exactly our three handlers (Hydra's console handler is set
+aside, so no line is printed twice), Python warnings are captured, and third-party loggers
+(Hydra, pooch, MLflow, ...) go through the same handlers. Every record written by a run's
+handlers carries its run id, whichever thread logged it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 from collections.abc import Callable
@@ -12,7 +17,11 @@ from pathlib import Path
 
 import structlog
 
-QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py")
+# Chatty at INFO (alembic prints every MLflow schema migration); warnings still come through.
+QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py",
+         "sqlalchemy", "httpx")  # fmt: skip
+# Loggers that libraries give handlers of their own (propagate=False): routed through ours.
+ROUTED = ("mlflow",)
 _configured = False
 
 
@@ -22,7 +31,7 @@ def _shared_processors() -> list:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(allow=("console", "fields")),
-        structlog.processors.TimeStamper(fmt="iso"),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
 
 
@@ -35,13 +44,29 @@ def _for_people(_, __, ed: dict) -> str:
         ).get("exception", "")
     level = ed.get("level", "info")
     prefix = "" if level in ("info", "debug") else f"{level.upper()}: "
-    return f"[{str(ed.get('timestamp', ''))[11:19]}] {prefix}{text}"
+    return f"[{_local_clock(ed.get('timestamp'))}] {prefix}{text}"
+
+
+def _local_clock(timestamp: str | None) -> str:
+    """HH:MM:SS in local time (the run dir names use local time too); JSON keeps UTC."""
+    try:
+        return dt.datetime.fromisoformat(str(timestamp)).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return ""
 
 
 def _for_machines(_, __, ed: dict) -> dict:
     ed.pop("console", None)
     ed.update(ed.pop("fields", None) or {})
     return ed
+
+
+def _add_run_id(run_id: str):
+    def add(_, __, ed: dict) -> dict:
+        ed.setdefault("run_id", run_id)
+        return ed
+
+    return add
 
 
 def _configure_structlog() -> None:
@@ -68,6 +93,7 @@ def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
     """Route all logging to the console, logs/run.log and logs/run.jsonl; returns the undo."""
     _configure_structlog()
     log_dir.mkdir(parents=True, exist_ok=True)
+    add_run_id = _add_run_id(run_id)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(_formatter([_for_people]))
     text = logging.FileHandler(log_dir / "run.log", encoding="utf-8")
@@ -76,6 +102,7 @@ def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
     jsonl.setFormatter(
         _formatter(
             [
+                add_run_id,
                 structlog.processors.format_exc_info,
                 _for_machines,
                 structlog.processors.JSONRenderer(),
@@ -94,6 +121,11 @@ def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
     quiet = {name: logging.getLogger(name).level for name in QUIET}
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    routed = {}
+    for name in ROUTED:
+        logger = logging.getLogger(name)
+        routed[name] = (logger.handlers[:], logger.propagate)
+        logger.handlers, logger.propagate = [], True
     logging.captureWarnings(True)
     structlog.contextvars.bind_contextvars(run_id=run_id)
 
@@ -108,5 +140,8 @@ def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
         root.setLevel(saved_level)
         for name, level in quiet.items():
             logging.getLogger(name).setLevel(level)
+        for name, (handlers, propagate) in routed.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
 
     return undo

@@ -1,7 +1,9 @@
 """What a run needs to be found and reproduced months later: provenance.json and requirements.txt.
 
 provenance.json is rewritten at every status change (running -> completed / failed /
-interrupted), atomically, so it is current even when the run dies of an exception or a signal.
+interrupted), atomically, so it is current even when the run dies of an exception or a signal
+(SIGTERM/SIGINT become TrainingInterrupted). Only kill -9 leaves `running` behind: a `running`
+run whose directory is not locked (lock.py) died that way.
 The package list comes from importlib.metadata (milliseconds), not a `pip freeze` subprocess.
 """
 
@@ -16,39 +18,52 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from orchard_app.errors import TrainingInterrupted
+
 KEY_PACKAGES = (
     "orchard_app", "torch", "torchvision", "timm", "numpy", "hydra-core", "omegaconf", "hydra-optuna-sweeper",
     "hydra-submitit-launcher", "optuna", "submitit", "medmnist", "scikit-learn", "mlflow", "onnx", "onnxruntime",
+    "structlog", "filelock",
 )  # fmt: skip
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
+                 "CUDA_VISIBLE_DEVICES")  # fmt: skip
 
 
 def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def git_state(directory: Path = PROJECT_DIR) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout holding the code; empty outside a git checkout."""
+def git_state(directory: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout holding the code; empty outside a git checkout.
+
+    Only a checkout whose top level is `directory` counts: an installed copy that merely sits
+    inside some other repository (a venv in a project) must not report that repository's commit.
+    """
+    directory = Path(directory or PROJECT_DIR)
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if commit.returncode != 0:
+        top = _git(directory, "rev-parse", "--show-toplevel")
+        if top is None or Path(top).resolve() != directory.resolve():
             return {}
-        status = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+        commit = _git(directory, "rev-parse", "HEAD")
+        status = _git(directory, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return {}
+    if commit is None or status is None:
+        return {}
+    return {"git_commit": commit, "git_dirty": bool(status)}
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def versions() -> dict[str, str | None]:
@@ -76,27 +91,80 @@ def requirements() -> str:
 
 
 def command_line() -> str:
+    """The command line of this process, as typed (`python -m orchard_app ...`)."""
     argv = list(sys.argv)
-    if argv and argv[0].endswith("orchard_app/__main__.py"):
+    if argv and Path(argv[0]).parts[-2:] == ("orchard_app", "__main__.py"):
         argv[0:1] = ["python", "-m", "orchard_app"]
+    elif argv and argv[0].endswith(".py"):  # a script, or another module run with -m
+        argv.insert(0, "python")
     return shlex.join(argv)
 
 
+def rerun_command() -> str | None:
+    """The single-run command that repeats this run or sweep job: its own overrides, no sweep.
+
+    Under a launcher such as submitit the process's own command line is the launcher's, so this
+    is what reproduces a job; None outside a Hydra app.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    overrides = list(HydraConfig.get().overrides.task)
+    return shlex.join(["python", "-m", "orchard_app", *overrides])
+
+
+def device_info(device) -> dict[str, Any]:
+    """The torch device, its name for a GPU, and torch's CPU threads."""
+    import torch
+
+    info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+        }
+    return info
+
+
+def outcome(exc: BaseException | None) -> str:
+    """The status a run ends with: completed, interrupted (a signal or Ctrl-C) or failed."""
+    if exc is None:
+        return "completed"
+    if isinstance(exc, TrainingInterrupted | KeyboardInterrupt):
+        return "interrupted"
+    return "failed"
+
+
+def _scheduler_env() -> dict[str, str]:
+    return {k: v for k in SCHEDULER_ENV if (v := os.environ.get(k))}
+
+
 class Provenance:
+    """provenance.json of one run, rewritten atomically at every change."""
+
     def __init__(self, path: Path, fields: dict[str, Any]):
         self.path = path
+        self._t0 = time.monotonic()
         self.data: dict[str, Any] = {
             "status": "running",
             "started": now(),
             "finished": None,
             "command": command_line(),
+            "rerun": rerun_command(),
             "cwd": os.getcwd(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "python_executable": sys.executable,
+            "platform": platform.platform(),
             **git_state(),
             **fields,
             "versions": versions(),
         }
+        if env := _scheduler_env():
+            self.data["env"] = env
         self.write()
 
     def update(self, **fields: Any) -> None:
@@ -105,7 +173,12 @@ class Provenance:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.data["versions"] = versions()  # torch/cuda are known by now
-        self.update(status=status, finished=now(), **({"error": error} if error else {}))
+        self.update(
+            status=status,
+            finished=now(),
+            duration_seconds=round(time.monotonic() - self._t0, 1),
+            **({"error": error} if error else {}),
+        )
 
     def write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")

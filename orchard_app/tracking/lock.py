@@ -1,0 +1,86 @@
+"""One writer per run directory: a `filelock` (flock) on <run dir>/.run.lock.
+
+The OS drops a flock when its holder dies, so a lock left by a killed process (kill -9, OOM,
+a lost node) never blocks the next run, and nothing has to guess whether a lock is stale. A live
+holder makes a second run fail at once; the holder's PID and host come from .run.lock.json,
+written after the lock is taken (filelock leaves the lock file itself to the lock).
+On a filesystem without flock, filelock falls back to a PID/host marker file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from orchard_app.errors import RunLockedError
+from orchard_app.tracking.provenance import now
+
+LOCK_NAME = ".run.lock"
+OWNER_NAME = ".run.lock.json"
+
+
+class RunLock:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.owner = self.directory / OWNER_NAME
+        self._lock = FileLock(str(self.path), blocking=False)
+
+    def __enter__(self) -> RunLock:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunLockedError(self._busy_message()) from None
+        try:
+            _write_atomically(self.owner, _me())
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.owner.unlink(missing_ok=True)
+        finally:
+            self._lock.release()
+
+    def holder(self, wait: float = 1.0) -> dict | None:
+        """Who holds the lock, from the owner file (briefly waiting for a holder that has just
+        taken the lock and not yet written it)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return json.loads(self.owner.read_text())
+            except (OSError, ValueError):
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+
+    def _busy_message(self) -> str:
+        owner = self.holder()
+        if owner:
+            who = f"PID {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
+        else:
+            who = "another process (PID and host unknown)"
+        return (
+            f"the run directory {self.directory} is locked by {who}: another run is writing "
+            f"there (lock file {self.path}).\n"
+            f"  Wait for that run to finish, or start this one in a new directory: leave "
+            f"hydra.run.dir at its default, which never collides."
+        )
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+
+
+def _write_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,114 @@
+"""Where MLflow runs go: the tracking URI, the artifact location and the experiment.
+
+The default store is SQLite, `sqlite:///mlflow.db` in the directory the app was started from
+(MLflow's old ./mlruns file store is disabled in current versions), with artifacts in
+`mlartifacts/` beside the DB, so `mlflow ui --backend-store-uri sqlite:///mlflow.db` started
+there shows runs and artifacts. A new SQLite DB is created under a file lock: MLflow's schema
+migrations fail when two processes create one DB at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from orchard_app.tracking import TrackingError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def start_dir() -> Path:
+    """The directory the app was started from (Hydra's runtime.cwd: jobs on other nodes too)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def resolve_uri(uri: str | None, base: Path) -> str:
+    """The tracking URI with a relative SQLite path made absolute against `base`."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking.uri={uri}: MLflow's file store (./mlruns) is disabled in current MLflow "
+            f"versions. Use a SQLite file, e.g. tracking.uri={DEFAULT_URI} (the default), or a "
+            "tracking server, e.g. tracking.uri=http://host:5000"
+        )
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
+        return "sqlite:///" + str((base / db).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The DB file of a `sqlite:///path` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def artifact_location(uri: str, configured: str | None, base: Path) -> str | None:
+    """Explicit, so MLflow never falls back to a ./mlruns path: `configured` (relative paths
+    against `base`), else `mlartifacts/` beside a SQLite DB, else the server's default (None)."""
+    if configured:
+        if "://" in configured or configured.startswith("file:"):
+            return configured
+        return (base / configured).resolve().as_uri()
+    db = sqlite_path(uri)
+    return (db.parent / ARTIFACTS_DIR).as_uri() if db is not None else None
+
+
+def connect(tracking, base: Path | None = None) -> tuple[MlflowClient, str, str]:
+    """(client, experiment id, absolute tracking URI) for the `tracking` config node."""
+    base = base or start_dir()
+    uri = resolve_uri(tracking.uri, base)
+    location = artifact_location(uri, tracking.get("artifact_location"), base)
+    name = str(tracking.experiment)
+    with _creation_lock(uri, location):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return client, client.create_experiment(name, artifact_location=location), uri
+                except MlflowException:  # created meanwhile (a server shared by several jobs)
+                    experiment = client.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
+            return client, experiment.experiment_id, uri
+        except MlflowException as e:
+            raise TrackingError(
+                f"could not open the MLflow store {uri} (tracking.uri={tracking.uri}): {e}"
+            ) from e
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str, location: str | None):
+    """Serialise opening a SQLite DB (its creation and schema migrations) across processes."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    local = local_path(location)
+    lock_path = local / ".create.lock" if local else db.with_name(db.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path), timeout=300):
+        yield
+
+
+def local_path(location: str | None) -> Path | None:
+    """The directory of a `file:` artifact location (None for remote ones)."""
+    if not location or not location.startswith("file:"):
+        return None
+    return Path(url2pathname(urlparse(location).path))

@@ -1,0 +1,475 @@
+"""Tracking and provenance: MLflow runs and sweeps, provenance.json, run-dir names, the
+one-writer lock and structured logs (issue 7)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose, make_npz, only_run_dir, run_cli, tiny_overrides
+
+from orchard_app import train
+from orchard_app.config import config_hash
+from orchard_app.config.resolvers import claim_unique_dir
+from orchard_app.errors import DataError, RunLockedError, TrainingInterrupted
+from orchard_app.tracking import provenance
+from orchard_app.tracking.run_dir import RunDirectory
+
+IN_GIT_CHECKOUT = (ROOT / ".git").exists()
+
+
+# ---------------------------------------------------------------------- helpers
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite DB with its schema made once (the migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def db(_empty_mlflow_db, tmp_path) -> Path:
+    """A fresh MLflow DB of this test's own, in tmp_path (artifacts go to tmp_path/mlartifacts)."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_mlflow_db, path)
+    return path
+
+
+def with_mlflow(db: Path) -> list[str]:
+    return ["tracking=mlflow", f"tracking.uri=sqlite:///{db}"]
+
+
+def mlflow_runs(db: Path) -> list:
+    """Every run of the orchard_app experiment in `db`, through mlflow.search_runs."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        return mlflow.search_runs(experiment_names=["orchard_app"], output_format="list")
+
+
+def client(db: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def artifact_json(run, name: str) -> dict:
+    """An artifact of a run, read from the local artifact store."""
+    from orchard_app.tracking.mlflow_store import local_path
+
+    return json.loads((local_path(run.info.artifact_uri) / name).read_text())
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from orchard_app.tracking.lock import RunLock
+lock = RunLock(Path(sys.argv[1])).__enter__()  # (kept referenced: filelock unlocks on GC)
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def hold_lock(directory: Path) -> subprocess.Popen:
+    """Another process holding the run-dir lock (light: no torch), until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+# ---------------------------------------------------------------------- MLflow
+def test_mlflow_run_records_config_epochs_results_and_files(tiny_npz, tmp_path, db):
+    run_dir = tmp_path / "run"
+    cfg = compose(*tiny_overrides(tiny_npz, "training.epochs=2", *with_mlflow(db)))
+    train(cfg, output_dir=run_dir)
+
+    (run,) = mlflow_runs(db)
+    metrics, prov = read_json(run_dir / "metrics.json"), read_json(run_dir / "provenance.json")
+    assert run.info.status == "FINISHED"
+    assert prov["tracking"]["mlflow_run_id"] == run.info.run_id
+    # params: the flattened resolved config
+    params = run.data.params
+    assert params["dataset.name"] == "npz" and params["model.name"] == "mini_cnn"
+    assert params["training.epochs"] == "2" and float(params["optimizer.lr"]) == cfg.optimizer.lr
+    assert params["optimizer.betas"] == "[0.9, 0.999]"
+    assert params["dataset.augment.hflip"] == "False" and params["dataset.path"] == str(tiny_npz)
+    # per-epoch metrics (step = epoch) and final test metrics
+    history = client(db).get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [
+        (h["epoch"], pytest.approx(h["val_accuracy"])) for h in metrics["history"]
+    ]
+    final = run.data.metrics
+    for name in ("accuracy", "auc", "macro_f1", "balanced_accuracy"):
+        assert final[f"test_{name}"] == pytest.approx(metrics["test"][name]), name
+    assert final["test_f1/0"] == pytest.approx(metrics["test"]["per_class"]["0"]["f1"])
+    assert final["best_epoch"] == metrics["best_epoch"]
+    # tags and artifacts
+    tags = run.data.tags
+    assert tags["dataset"] == "npz" and tags["model"] == "mini_cnn"
+    assert tags["config_hash"] == prov["config_hash"] == config_hash(cfg)
+    assert tags["run_dir"] == str(run_dir.resolve()) and tags["mlflow.runName"] == "run"
+    if IN_GIT_CHECKOUT:
+        assert tags["git_commit"] == prov["git_commit"]
+    files = {a.path for a in client(db).list_artifacts(run.info.run_id)}
+    assert files >= {"report.md", "metrics.json", "provenance.json", "requirements.txt", "logs"}
+    assert artifact_json(run, "provenance.json")["status"] == "completed"  # logged once final
+    assert (tmp_path / "mlartifacts").is_dir()  # the artifact store sits beside the DB
+
+
+def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db):
+    bad, run_dir = tmp_path / "bad.npz", tmp_path / "run"
+    bad.write_bytes(b"not a zip archive")
+    handlers = logging.getLogger().handlers[:]
+    with pytest.raises(DataError):
+        train(compose(*tiny_overrides(bad, *with_mlflow(db))), output_dir=run_dir)
+
+    prov = read_json(run_dir / "provenance.json")
+    assert prov["status"] == "failed" and prov["error"].startswith("DataError: ")
+    assert prov["finished"] is not None
+    (run,) = mlflow_runs(db)
+    assert run.info.status == "FAILED"
+    assert artifact_json(run, "provenance.json")["status"] == "failed"
+    # the run dir is released and logging restored
+    assert logging.getLogger().handlers == handlers
+    with RunDirectory(run_dir, {}):
+        pass
+
+
+def test_sigterm_during_training_records_interrupted_and_mlflow_killed(
+    tiny_npz, tmp_path, db, monkeypatch
+):
+    from orchard_app.tracking.mlflow_tracker import MlflowTracker
+
+    log_epoch = MlflowTracker.on_epoch_end
+
+    def log_then_sigterm(self, record, engine):  # as if SLURM preempted the job after epoch 1
+        log_epoch(self, record, engine)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MlflowTracker, "on_epoch_end", log_then_sigterm)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", *with_mlflow(db))), run_dir)
+
+    prov = read_json(run_dir / "provenance.json")
+    assert prov["status"] == "interrupted" and "SIGTERM" in prov["error"]
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    (run,) = mlflow_runs(db)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [1]
+
+
+def test_sweep_jobs_share_one_parent_that_ends_with_the_last_job(tmp_path, db):
+    """The parent/child bookkeeping each job does through the store and the sweep dir."""
+    from omegaconf import OmegaConf
+
+    from orchard_app.tracking.mlflow_store import connect
+    from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep
+
+    tracking = OmegaConf.create({"uri": f"sqlite:///{db}", "experiment": "x"})
+    mlflow, experiment, _ = connect(tracking)
+    sweep = tmp_path / "multirun" / "2026-01-01" / "10-00-00"
+
+    def job(status: str | None) -> str:
+        parent = join_sweep(mlflow, experiment, sweep)
+        child = mlflow.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+        if status:
+            mlflow.set_terminated(child, status)
+            leave_sweep(mlflow, experiment, parent, sweep)
+        return parent
+
+    parent = job(None)  # job 0 still running
+    assert job("FINISHED") == parent  # job 1: same parent, kept RUNNING for job 0
+    assert mlflow.get_run(parent).info.status == "RUNNING"
+    job0 = mlflow.search_runs([experiment], "attributes.status = 'RUNNING'")
+    (job0,) = [r for r in job0 if r.info.run_id != parent]
+    mlflow.set_terminated(job0.info.run_id, "FAILED")
+    leave_sweep(mlflow, experiment, parent, sweep)
+    assert mlflow.get_run(parent).info.status == "FAILED"  # a failed child fails the sweep
+    assert job("FINISHED") == parent  # a later job (an Optuna trial) reopens the same parent
+    other = join_sweep(mlflow, experiment, tmp_path / "multirun" / "2026-01-01" / "11-00-00")
+    assert other != parent
+
+
+def test_tracking_uri_defaults_to_sqlite_in_the_start_dir_and_rejects_the_file_store(tmp_path):
+    from orchard_app.tracking import TrackingError
+    from orchard_app.tracking.mlflow_store import artifact_location, resolve_uri
+
+    uri = resolve_uri("sqlite:///mlflow.db", tmp_path)
+    assert uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert artifact_location(uri, None, tmp_path) == (tmp_path / "mlartifacts").as_uri()
+    for old in ("./mlruns", "file:///tmp/mlruns"):
+        with pytest.raises(TrackingError, match="sqlite:///mlflow.db"):
+            resolve_uri(old, tmp_path)
+
+
+def test_params_are_flat_json_for_lists_and_cut_to_mlflow_limits():
+    from orchard_app.tracking.mlflow_tracker import MAX_PARAM_VAL_LENGTH, flatten
+
+    flat = flatten({"a": {"b": 1, "c": [1, 2], "d": {}}, "e": None, "f": "x" * 10_000})
+    assert flat["a.b"] == "1" and flat["a.c"] == "[1, 2]" and flat["a.d"] == "{}"
+    assert flat["e"] == "None" and len(flat["f"]) == MAX_PARAM_VAL_LENGTH
+    assert flatten({"per_class": {"granulocytes (immature)": 1}}) == {
+        "per_class.granulocytes _immature_": "1"
+    }  # a key MLflow would reject
+
+
+# ---------------------------------------------------------------------- provenance
+def test_provenance_records_code_config_environment_and_outcome(tiny_npz, tmp_path):
+    cfg = compose(*tiny_overrides(tiny_npz))
+    train(cfg, output_dir=tmp_path / "run")
+
+    prov = read_json(tmp_path / "run" / "provenance.json")
+    assert prov["status"] == "completed"
+    started, finished = (datetime.fromisoformat(prov[k]) for k in ("started", "finished"))
+    assert started <= finished and started.tzinfo is not None
+    assert prov["config_hash"] == config_hash(cfg) and len(prov["config_hash"]) == 32
+    assert prov["config_hash_short"] == prov["config_hash"][:6]
+    if IN_GIT_CHECKOUT:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+        assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
+    versions = prov["versions"]
+    import torch
+
+    assert versions["torch"] == metadata.version("torch") and versions["cuda"] == torch.version.cuda
+    assert {"python", "orchard_app", "numpy", "hydra-core", "mlflow"} <= set(versions)
+    assert prov["host"] == socket.gethostname() and prov["pid"] == os.getpid()
+    assert prov["device"] == "cpu" and prov["threads"] == 2  # hardware.num_threads=2
+    assert prov["command"] and prov["python_executable"] == sys.executable
+    requirements = (tmp_path / "run" / "requirements.txt").read_text().splitlines()
+    assert f"torch=={metadata.version('torch')}" in requirements
+
+
+def test_git_fields_are_absent_outside_a_git_checkout(tmp_path, monkeypatch):
+    assert provenance.git_state(tmp_path) == {}
+    assert provenance.git_state(ROOT / "orchard_app") == {}  # inside a checkout, not its top
+    monkeypatch.setattr(provenance, "PROJECT_DIR", tmp_path)  # as if installed from a tarball
+    with RunDirectory(tmp_path / "run", {}):
+        pass
+    prov = read_json(tmp_path / "run" / "provenance.json")
+    assert "git_commit" not in prov and "git_dirty" not in prov and prov["status"] == "completed"
+
+
+# ---------------------------------------------------------------------- lock and run-dir names
+def test_second_writer_on_a_busy_run_dir_fails_fast_naming_the_lock_holder(tmp_path):
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RunLockedError) as err:
+            RunDirectory(run, {}).__enter__()
+        assert time.monotonic() - started < 5
+        text = str(err.value)
+        assert "locked" in text and str(run / ".run.lock") in text
+        assert f"PID {holder.pid}" in text and socket.gethostname() in text
+        assert not (run / "provenance.json").exists()  # the loser wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert read_json(run / ".run.lock.json")["pid"] == holder.pid  # what it left behind
+
+    with RunDirectory(run, {}):
+        assert read_json(run / ".run.lock.json")["pid"] == os.getpid()
+    assert read_json(run / "provenance.json")["status"] == "completed"
+    assert not (run / ".run.lock.json").exists()
+
+
+def test_runs_claiming_one_dir_name_at_once_get_distinct_dirs(tmp_path):
+    base = tmp_path / "outputs" / "2026-01-01" / "npz_mini_cnn_abc123_10-00-00"
+    start = threading.Barrier(8)
+
+    def claim(_):
+        start.wait()
+        return claim_unique_dir(str(base))
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(claim, range(8)))
+    assert sorted(dirs) == sorted([str(base)] + [f"{base}-{n}" for n in range(2, 9)])
+
+
+# ---------------------------------------------------------------------- logging
+def test_run_log_is_json_lines_with_the_run_id_including_warnings_and_other_threads(tmp_path):
+    handlers = logging.getLogger().handlers[:]
+    with RunDirectory(tmp_path / "run", {}) as run:
+        logging.getLogger("orchard_app").info("hello %s", "there")
+        warnings.warn("an orchard test warning", UserWarning, stacklevel=1)
+        worker = threading.Thread(target=logging.getLogger("hydra").info, args=("from a thread",))
+        worker.start()
+        worker.join()
+    assert logging.getLogger().handlers == handlers
+
+    lines = [
+        json.loads(line) for line in (run.path / "logs" / "run.jsonl").read_text().splitlines()
+    ]
+    assert lines and all(line["run_id"] == run.run_id for line in lines)
+    events = " | ".join(line["event"] for line in lines)
+    assert "hello there" in events and "from a thread" in events
+    assert "an orchard test warning" in events
+    text = (run.path / "logs" / "run.log").read_text()
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] hello there$", text, re.M)
+
+
+def test_cli_run_with_tracking_none_never_imports_mlflow_and_prints_each_line_once(
+    tiny_npz, tmp_path
+):
+    args = tiny_overrides(tiny_npz)
+    result = run_cli(*args, cwd=tmp_path, python_args=("-X", "importtime"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    lines = result.stderr.splitlines()
+    imported = [
+        line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")
+    ]
+    assert "torch" in imported
+    assert not [m for m in imported if m.split(".")[0] == "mlflow"]
+    console = [line for line in lines if line.startswith("[")]
+    assert sum("epoch 1/1" in line for line in console) == 1
+    assert len(console) == len(set(console)), "a console line was printed twice"
+
+    run = only_run_dir(tmp_path)
+    prov = read_json(run / "provenance.json")
+    assert prov["command"] == shlex.join(["python", "-m", "orchard_app", *args])
+    name = re.fullmatch(r"npz_mini_cnn_([0-9a-f]{6})_\d\d-\d\d-\d\d", run.name)
+    assert name and name[1] == prov["config_hash"][:6]
+    assert run.parent.name == prov["started"][:10]  # outputs/<date>/...
+    jsonl = [json.loads(line) for line in (run / "logs" / "run.jsonl").read_text().splitlines()]
+    assert jsonl and {line["run_id"] for line in jsonl} == {prov["run_id"]}
+
+
+# ---------------------------------------------------------------------- end to end (slow)
+@pytest.mark.slow
+def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz, tmp_path):
+    result = run_cli("-m", "tracking=mlflow", *tiny_overrides(tiny_npz, "training.seed=1,2"),
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    db = tmp_path / "mlflow.db"  # the default URI, in the directory the app was started from
+    assert db.is_file() and (tmp_path / "mlartifacts").is_dir()
+    runs = mlflow_runs(db)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and len(children) == 2
+    assert sorted(c.data.params["training.seed"] for c in children) == ["1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("test_accuracy" in c.data.metrics for c in children)
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    assert parent.data.tags["sweep_dir"] == str(sweep.resolve())
+    assert "training.seed=1,2" in parent.data.tags["sweep_overrides"]
+    for child in children:
+        prov = read_json(Path(child.data.tags["run_dir"]) / "provenance.json")
+        assert prov["tracking"]["mlflow_parent_run_id"] == parent.info.run_id
+    output = result.stdout + result.stderr
+    assert output.count("Launching 2 jobs locally") == 1
+    for noise in ("alembic", "Running upgrade", "Creating experiment", "View run", "INFO"):
+        assert noise not in output, noise
+
+
+@pytest.mark.slow
+def test_multirun_jobs_in_other_processes_share_one_parent(tiny_npz, tmp_path):
+    """hydra/launcher=submitit_local: each job is its own process, as on SLURM."""
+    overrides = tiny_overrides(tiny_npz, "training.seed=1,2", "hardware.num_threads=1")
+    result = run_cli("-m", "hydra/launcher=submitit_local", *with_mlflow(tmp_path / "mlflow.db"),
+                     *overrides, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = mlflow_runs(tmp_path / "mlflow.db")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r != parent} == {
+        parent.info.run_id
+    }
+    pids = {read_json(Path(r.data.tags["run_dir"]) / "provenance.json")["pid"] for r in runs
+            if r != parent}  # fmt: skip
+    assert len(pids) == 2
+    assert len(list((tmp_path / "multirun").glob("*/*"))) == 1  # one sweep dir, with .submitit/
+
+
+def test_cli_on_a_busy_run_dir_fails_fast_with_the_lock_message(tiny_npz, tmp_path):
+    run = tmp_path / "busy"
+    holder = hold_lock(run)
+    try:
+        result = run_cli(f"hydra.run.dir={run}", *tiny_overrides(tiny_npz), cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert "locked" in result.stderr and f"PID {holder.pid}" in result.stderr
+    assert socket.gethostname() in result.stderr
+    assert "Traceback" not in result.stderr and "epoch" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_config_started_together_get_their_own_dirs(tiny_npz, tmp_path):
+    # Both ask for the same name, as two runs of one config started in the same second do.
+    args = ["hydra.run.dir=${orchard_unique:outputs/same}", *tiny_overrides(tiny_npz)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    dirs = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert dirs == ["same", "same-2"]
+    runs = [read_json(tmp_path / "outputs" / d / "provenance.json") for d in dirs]
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert runs[0]["pid"] != runs[1]["pid"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_marks_the_run_interrupted(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", counts=(960, 32, 32))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchard_app", *tiny_overrides(npz, "training.epochs=50")],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "outputs").glob("*/*/checkpoints/last.pt")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    prov = read_json(only_run_dir(tmp_path) / "provenance.json")
+    assert prov["status"] == "interrupted" and prov["finished"] is not None
