@@ -38,6 +38,10 @@ class NonFiniteLossError(OrchardError):
     title = "training diverged"
 
 
+class TrackingError(OrchardError):
+    title = "experiment tracking problem"
+
+
 class RunLockedError(OrchardError):
     title = "run directory busy"
 

@@ -219,7 +219,7 @@ def test_sweep_jobs_share_one_parent_that_ends_with_the_last_job(tmp_path, db):
 
 
 def test_tracking_uri_defaults_to_sqlite_in_the_start_dir_and_rejects_the_file_store(tmp_path):
-    from orchard_app.tracking import TrackingError
+    from orchard_app.errors import TrackingError
     from orchard_app.tracking.mlflow_store import artifact_location, resolve_uri
 
     uri = resolve_uri("sqlite:///mlflow.db", tmp_path)

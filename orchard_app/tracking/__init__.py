@@ -13,11 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchard_app.errors import OrchardError
-
-
-class TrackingError(OrchardError):
-    title = "experiment tracking problem"
+from orchard_app.errors import TrackingError
 
 
 class NullTracker:

@@ -19,7 +19,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from orchard_app.tracking import TrackingError
+from orchard_app.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
