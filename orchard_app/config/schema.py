@@ -59,6 +59,7 @@ class ModelConfig:
     name: str = MISSING  # shown in run names and reports
     arch: str = MISSING  # registry key of the builder (orchard_app/models/registry.py)
     pretrained: bool = False
+    weights: str | None = None  # pretrained weights file to read instead of the download cache
     dropout: float = 0.0
     drop_path: float = 0.0
     resolutions: list[int] | None = None  # input sizes the model can take; null = any

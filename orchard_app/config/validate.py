@@ -203,6 +203,15 @@ def _model(r: _Rules) -> None:
             True,
             f"{name} has no pretrained weights; set model.pretrained=false",
         )
+    weights = r.get("model.weights")
+    if weights is not None and not r.get("model.pretrained"):
+        r.fail(
+            "model.weights", weights, "is read only with model.pretrained=true; set both or neither"
+        )
+    elif weights is not None and not Path(str(weights)).expanduser().is_file():
+        r.fail(
+            "model.weights", weights, "no such file; pass the path of a .pth or .safetensors file"
+        )
     r.check("model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
     r.check("model.drop_path", lambda v: 0 <= v < 1, "must be in [0, 1)")
     if spec is not None and r.get("model.drop_path") and not spec.has_drop_path:
@@ -217,7 +226,7 @@ def _model(r: _Rules) -> None:
         r.fail(
             "dataset.resolution",
             res,
-            f"model={name} takes {need} px inputs; use dataset.resolution={allowed[-1]} or another model",
+            f"{name} takes {need} px inputs; use dataset.resolution={allowed[-1]} or another model",
         )
 
 

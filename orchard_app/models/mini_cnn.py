@@ -29,5 +29,8 @@ class MiniCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_mini_cnn(cfg, in_chans: int, num_classes: int) -> nn.Module:
+def build_mini_cnn(
+    cfg, in_chans: int, num_classes: int, resolution: int | None = None
+) -> nn.Module:
+    """Any input side from 4 px up: two max-pools, then global average pooling."""
     return MiniCNN(in_chans, num_classes, dropout=float(cfg.dropout), **dict(cfg.params))

@@ -1,4 +1,4 @@
-"""One registry, one factory: `build_model(cfg.model, in_chans, num_classes)`.
+"""One registry, one factory: `build_model(cfg.model, in_chans, num_classes, resolution)`.
 
 Each entry names its builder as "module:function" so that config validation can consult the
 registry without importing torch. Adding a model is a YAML file in conf/model/ and, if no
@@ -8,8 +8,11 @@ builder fits (most timm models need none: use arch: timm), one function register
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from orchard_app.errors import ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -17,7 +20,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    builder: str  # "module:function(model_cfg, in_chans, num_classes) -> nn.Module"
+    # "module:function(model_cfg, in_chans, num_classes, resolution) -> nn.Module";
+    # resolution is the input side in pixels, or None when the caller does not know it.
+    builder: str
     has_pretrained: bool = False
     has_drop_path: bool = False
 
@@ -33,9 +38,29 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
 }
 
+# Builder keyword -> how a user turns it off (anything else comes from model.params).
+_TURN_OFF = {"drop_path_rate": "set model.drop_path=0", "drop_rate": "set model.dropout=0"}
 
-def build_model(model_cfg: Any, in_chans: int, num_classes: int) -> nn.Module:
-    spec = REGISTRY[model_cfg.arch]
+
+def build_model(
+    model_cfg: Any, in_chans: int, num_classes: int, resolution: int | None = None
+) -> nn.Module:
+    spec = REGISTRY.get(model_cfg.arch)
+    if spec is None:
+        raise ModelError(
+            f"model.arch={model_cfg.arch} is not a registered builder; one of "
+            + ", ".join(sorted(REGISTRY))
+        )
     module_name, func_name = spec.builder.split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
-    return builder(model_cfg, in_chans=in_chans, num_classes=num_classes)
+    try:
+        return builder(model_cfg, in_chans=in_chans, num_classes=num_classes, resolution=resolution)
+    except TypeError as e:
+        # A knob the architecture does not have (model.params.<typo>, drop_path on a timm model
+        # without stochastic depth) surfaces as a TypeError deep inside the constructor.
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unexpected is None:
+            raise
+        arg = unexpected.group(1)
+        fix = _TURN_OFF.get(arg, f"remove model.params.{arg} (~model.params.{arg})")
+        raise ModelError(f"{model_cfg.name} has no argument '{arg}'; {fix}") from e
