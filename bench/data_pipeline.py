@@ -55,7 +55,9 @@ def main() -> None:
         position[0] += BATCH
         return BATCH
 
-    model = build_model(cfg.model, data.info.in_chans, data.info.num_classes)
+    model = build_model(
+        cfg.model, data.info.in_chans, data.info.num_classes, resolution=data.info.resolution
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x_fixed, y_fixed = pipe.train_batch(order[:BATCH], g)
 

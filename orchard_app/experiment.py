@@ -58,7 +58,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             info.resolution, info.resolution, len(data.train), len(data.val), len(data.test),
         )  # fmt: skip
 
-        model = build_model(cfg.model, in_chans=info.in_chans, num_classes=info.num_classes)
+        model = build_model(cfg.model, info.in_chans, info.num_classes, resolution=info.resolution)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model %s: %s parameters on %s", cfg.model.name, f"{n_params:,}", device)
 

@@ -30,7 +30,9 @@ def make_engine(tmp_path, npz, *overrides: str) -> Engine:
     cfg = compose(*tiny_overrides(npz, *overrides))
     device = setup_torch(cfg.hardware, int(cfg.training.seed))
     data = load_dataset(cfg.dataset, seed=int(cfg.training.seed))
-    model = build_model(cfg.model, data.info.in_chans, data.info.num_classes)
+    model = build_model(
+        cfg.model, data.info.in_chans, data.info.num_classes, resolution=data.info.resolution
+    )
     pipe = BatchPipeline(data, cfg.dataset, device)
     return Engine(
         model, pipe, cfg, device, tmp_path / "ckpt", fingerprint(cfg.model, data.info, model), {}

@@ -105,7 +105,7 @@ def test_a_resolution_the_model_cannot_take_is_refused_at_config_time(name):
 
 
 def test_vit_at_28_px_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
-    train_module = importlib.import_module("orchard_app.train")
+    train_module = importlib.import_module("orchard_app.experiment")
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded")
@@ -408,7 +408,7 @@ def test_pretrained_timm_model_that_has_no_weights_is_refused():
 def test_pretrained_resnet18_adapted_trains_end_to_end_offline_from_the_hub_cache(
     tiny_npz, tmp_path, filled_torch_hub, network
 ):
-    from orchard_app.train import train
+    from orchard_app import train
 
     cfg = compose(*run_with(tiny_npz, "resnet18_adapted"), "model.pretrained=true")
     train(cfg, output_dir=tmp_path / "r")
