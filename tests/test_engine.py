@@ -316,39 +316,86 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good(
     assert json.loads((run / "provenance.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.slow
-def test_sigterm_from_outside_prints_resume_command_that_works(tmp_path):
-    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
-    args = tiny_overrides(npz, "training.epochs=3", "hardware.deterministic=true")
-    straight = run_cli(*args, cwd=tmp_path / "a" if (tmp_path / "a").mkdir() is None else None)
-    assert straight.returncode == 0, straight.stderr
-    (tmp_path / "b").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path / "b",
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+def _cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return run_cli(*args, cwd=cwd)
+
+
+def _sigterm_after_first_epoch(args: list[str], cwd) -> tuple[int, str]:
+    """Start the CLI, send SIGTERM once epoch 1 is logged; return (exit code, stderr)."""
+    cwd.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchard_app", *args], cwd=cwd, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "epoch 1/3" in line:
+        if "epoch 1/" in line:
             proc.send_signal(signal.SIGTERM)
             break
     lines += proc.stderr.readlines()
-    proc.wait(timeout=120)
-    text = "".join(lines)
-    assert proc.returncode == 143, text
-    assert "SIGTERM" in text and "Resume with:" in text and "Traceback" not in text
+    proc.wait(timeout=300)
+    return proc.returncode, "".join(lines)
+
+
+def _resume_command(text: str) -> list[str]:
     command = text.split("Resume with:")[1].strip().splitlines()[0].split()
-    assert command[:3] == ["python", "-m", "orchard_app"] and command[-1].startswith(
-        "training.resume="
-    )
+    assert command[:3] == ["python", "-m", "orchard_app"]
+    assert command[-1].startswith("training.resume=")
+    return [sys.executable, *command[1:]]
+
+
+def _test_metrics(cwd) -> dict:
+    (path,) = cwd.glob("outputs/*/*/metrics.json")
+    return json.loads(path.read_text())["test"]
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_prints_resume_command_that_works(tmp_path):
+    # ~300 steps an epoch: seconds between "epoch 1/3" and the end, so SIGTERM lands mid-run
+    # even when this process is slow to read the line on a busy machine
+    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
+    args = tiny_overrides(npz, "training.epochs=3", "hardware.deterministic=true")
+    assert _cli(args, tmp_path / "straight").returncode == 0
+    code, text = _sigterm_after_first_epoch(args, tmp_path / "stopped")
+    assert code == 143, f"not interrupted (did it finish first?):\n{text}"
+    assert "SIGTERM" in text and "Traceback" not in text
     resumed = subprocess.run(
-        [sys.executable, *command[1:]], cwd=tmp_path / "b", capture_output=True, text=True
+        _resume_command(text), cwd=tmp_path / "stopped", capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
-    finals = [
-        json.loads(p.read_text())["test"]
-        for p in sorted(tmp_path.glob("*/outputs/*/*/metrics.json"))
-    ]
-    assert len(finals) == 2 and finals[0] == finals[1]
+    stopped, after = sorted((tmp_path / "stopped").glob("outputs/*/*/metrics.json")), None
+    assert len(stopped) == 1  # the interrupted run wrote no metrics; the resumed one did
+    after = json.loads(stopped[0].read_text())["test"]
+    assert after == _test_metrics(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_bloodmnist_deterministic_runs_and_a_sigterm_resume_match(shared_medmnist, tmp_path):
+    """Issue 6's acceptance run on the real file: 2,000 training samples, mini_cnn, deterministic."""
+    args = ["dataset=bloodmnist", f"dataset.root={shared_medmnist}", "dataset.max_samples=2000",
+            "model=mini_cnn", "hardware.deterministic=true", "training.epochs=3", "hardware.num_threads=2"]  # fmt: skip
+    first = _cli(args, tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    assert _cli([*args, "evaluation.figures=false"], tmp_path / "b").returncode == 0
+    a = _test_metrics(tmp_path / "a")
+    assert a == _test_metrics(tmp_path / "b") and a["accuracy"] > 0.5
+
+    code, text = _sigterm_after_first_epoch([*args, "evaluation.figures=false"], tmp_path / "c")
+    assert code == 143, text
+    command = _resume_command(text)
+    resumed = subprocess.run(command, cwd=tmp_path / "c", capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _test_metrics(tmp_path / "c") == a
+
+    other = [c if not c.startswith("model=") else "model=resnet18_adapted" for c in command]
+    refused = subprocess.run(other, cwd=tmp_path / "c", capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "model=mini_cnn" in refused.stderr and "model=resnet18_adapted" in refused.stderr
+
+    (run,) = (tmp_path / "a").glob("outputs/*/*")
+    assert (run / "report.md").is_file() and len(list((run / "figures").glob("*.png"))) == 4
 
 
 # ---------------------------------------------------------------- evaluation and report
