@@ -23,6 +23,9 @@ def run_job(cfg: DictConfig) -> float:
         from orchard_app.experiment import train
 
         return train(cfg)
+    except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
+        print(_message(e), file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
     except OrchardError as e:
         print(_message(e), file=sys.stderr, flush=True)
         if multirun:  # let the sweeper record this job as failed and carry on
@@ -30,11 +33,11 @@ def run_job(cfg: DictConfig) -> float:
         raise SystemExit(e.exit_code) from None
 
 
-def _message(e: OrchardError) -> str:
+def _message(e: OrchardError | TrainingInterrupted) -> str:
     text = f"\norchard_app: {e.title}:\n{e}"
     if isinstance(e, ConfigError):
         text += "\n  (python -m orchard_app --help lists every option; --cfg job shows the composed config)"
-    if isinstance(e, TrainingInterrupted) and getattr(e, "checkpoint", None):
+    if isinstance(e, TrainingInterrupted) and e.checkpoint:
         text += f"\n  Resume with:\n    {resume_command(e.checkpoint)}"
     return text
 

@@ -46,12 +46,18 @@ class RunLockedError(OrchardError):
     title = "run directory busy"
 
 
-class TrainingInterrupted(OrchardError):
-    """SIGTERM/SIGINT stopped training after a checkpoint was written."""
+class TrainingInterrupted(BaseException):
+    """SIGTERM/SIGINT stopped the run (after writing last.pt when training had started).
+
+    A BaseException, like KeyboardInterrupt: a stop request must not be swallowed by an
+    `except Exception` on its way out (logging handlers, tracker clean-up, Hydra's job runner),
+    and it ends a whole sweep, not just its current job.
+    """
 
     title = "interrupted"
 
     def __init__(self, message: str, signum: int):
         self.signum = signum
         self.exit_code = 128 + signum  # the shell convention: 130 for Ctrl-C, 143 for SIGTERM
+        self.checkpoint: str | None = None  # last.pt, when one was written
         super().__init__(message)

@@ -7,6 +7,7 @@ loop finishes the current step, writes last.pt and then raises. A second Ctrl-C 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -48,15 +49,13 @@ class StopSignals:
             self._deferred = False
 
     def _handle(self, signum: int, frame) -> None:
+        # No logging here: the signal can land while the main thread is inside a logging call,
+        # and buffered streams are not re-entrant. os.write is unbuffered and safe.
         name = signal.Signals(signum).name
         if self._deferred and self.signum is None:
             self.signum = signum
-            import logging
-
-            logging.getLogger("orchard_app").warning(
-                "%s received: finishing the current step, then saving last.pt (Ctrl-C again to stop now)",
-                name,
-            )
+            notice = f"\n{name} received: finishing the current step, then saving last.pt "
+            os.write(2, (notice + "(Ctrl-C again to stop at once)\n").encode())
             return
         self.signum = signum
         raise TrainingInterrupted(
