@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from orchard_app.config import config_hash
-from orchard_app.config.resolvers import SHORT_HASH_LEN, resolved_container
+from orchard_app.config.resolvers import SHORT_HASH_LEN, hash_container, resolved_container
 from orchard_app.config.validate import validate
 from orchard_app.data.dataset import load_dataset
 from orchard_app.data.pipeline import BatchPipeline
@@ -40,7 +39,8 @@ log = logging.getLogger("orchard_app")
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     validate(cfg)
     run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
-    config, digest = resolved_container(cfg), config_hash(cfg)
+    config = resolved_container(cfg)  # resolved once: recorded, hashed, logged
+    digest = hash_container(config)
     fields = {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
     with StopSignals() as stop, RunDirectory(run_path, fields) as run:
         # closed by the run dir after provenance.json records the outcome
@@ -188,22 +188,12 @@ def _figures(
     n = min(int(cfg.evaluation.sample_grid), len(labels))
     if n:
         idx = np.random.default_rng(0).choice(len(labels), size=n, replace=False)
-        images = data.test.images
-        sample = (
-            images[torch.from_numpy(idx)].cpu().numpy()
-            if isinstance(images, torch.Tensor)
-            else _rows(images, idx)
-        )
+        sample = data.test.rows(torch.from_numpy(idx)).cpu().numpy()
         figures.sample_grid(
             out / "test_samples.png", sample, labels[idx], probs[idx], names, info.task
         )
         made.append("figures/test_samples.png")
     return made
-
-
-def _rows(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    x = np.take(images, np.sort(idx), axis=0)[np.argsort(np.argsort(idx))]
-    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
 
 
 def _hydra_output_dir() -> Path:

@@ -14,8 +14,11 @@ SHORT_HASH_LEN = 6
 
 def config_hash(cfg: DictConfig) -> str:
     """BLAKE2b of the resolved job config (the `hydra` node excluded), as hex."""
-    keys = [k for k in cfg if k != "hydra"]
-    job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    return hash_container(resolved_container(cfg))
+
+
+def hash_container(job: dict[str, Any]) -> str:
+    """BLAKE2b of an already resolved config (see `resolved_container`), as hex."""
     blob = json.dumps(job, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
@@ -28,8 +31,8 @@ def claim_unique_dir(path: str) -> str:
     """Create `path` (or `path-2`, `path-3`, ...) with an exclusive mkdir and return it.
 
     Two runs of one config started in the same second would otherwise share a run dir; mkdir
-    is atomic, so exactly one process wins each name. The resolver is cached per config, so
-    Hydra's repeated look-ups of `hydra.run.dir` return the same claimed directory.
+    is atomic, so exactly one process wins each name. `_claim_once` makes Hydra's repeated
+    look-ups of `hydra.run.dir` return the same claimed directory.
     """
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images N x C x H x W for the given sample indices (on the images' device)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx.to(self.images.device)]
+        # memory-mapped: read rows in file order, then restore the requested order
+        rows = idx.cpu().numpy() if self.indices is None else self.indices[idx.cpu().numpy()]
+        order = np.argsort(rows, kind="stable")
+        block = np.take(self.images, rows[order], axis=0)
+        x = torch.empty((len(rows), *block.shape[1:]), dtype=torch.uint8)
+        x[torch.from_numpy(order)] = torch.from_numpy(block)
+        return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
 
 @dataclass
 class DataBundle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from orchard_app.data.augment import BatchAugment
@@ -67,15 +66,7 @@ class BatchPipeline:
             yield self._normalise(self._to_float(x)), y
 
     def _gather(self, split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(split.images, torch.Tensor):
-            x = split.images[idx.to(split.images.device)]
-        else:  # memory-mapped: read rows in file order, then restore the requested order
-            rows = idx.numpy() if split.indices is None else split.indices[idx.numpy()]
-            order = np.argsort(rows, kind="stable")
-            block = np.take(split.images, rows[order], axis=0)
-            x = torch.empty((len(rows), *block.shape[1:]), dtype=torch.uint8)
-            x[torch.from_numpy(order)] = torch.from_numpy(block)
-            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        x = split.rows(idx)
         y = split.labels[idx.to(split.labels.device)]
         non_blocking = self.device.type == "cuda"
         return x.to(self.device, non_blocking=non_blocking), y.to(
