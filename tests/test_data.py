@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -411,6 +413,43 @@ def test_memmap_cache_gives_the_same_batches_as_memory(tmp_path):
     assert isinstance(data.train.images, np.ndarray)  # really memory-mapped the second time
     assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
     assert any((Path(compose().dataset.cache_dir) / "npy").rglob("train_images.npy"))
+
+
+_FILL = """
+import hashlib, sys, time
+from pathlib import Path
+from orchard_app.data.arrays import uncompressed_cache
+while not Path(sys.argv[3]).exists():  # start together
+    time.sleep(0.001)
+arrays = uncompressed_cache(Path(sys.argv[1]), Path(sys.argv[2]))
+print(hashlib.md5(b"".join(arrays[k].tobytes() for k in sorted(arrays))).hexdigest())
+"""
+
+
+def test_two_processes_fill_one_memmap_cache_together(tmp_path):
+    path = make_npz(tmp_path / "x.npz", size=64, channels=3, counts=(2000, 100, 100))
+    cache, go = tmp_path / "cache", tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FILL, str(path), str(cache), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    time.sleep(1.0)
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    with np.load(path) as z:
+        expected = hashlib.md5(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
+    assert [out.strip() for out, _ in results] == [expected, expected]
+    names = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert [n for n in names if not n.endswith(".lock")] == sorted(
+        f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")
+    )
 
 
 def test_balanced_sampler_evens_out_classes(tmp_path):

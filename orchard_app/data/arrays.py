@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
+from orchard_app.atomic import atomic_path
 from orchard_app.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -175,28 +177,27 @@ def uncompressed_cache(path: Path, cache_root: Path) -> dict[str, np.ndarray]:
 
     The 128/224-px MedMNIST+ files hold several GB of images, too many to load whole. Each
     array is streamed out of the zip in chunks (np.load would inflate it all in RAM) into
-    <cache>/<file stem>-<size>-<mtime>/<key>.npy, renamed into place when complete.
+    <cache>/<file stem>-<size>-<mtime>/<key>.npy, renamed into place when complete. A file
+    lock lets one process (array task, DDP rank) fill the cache while the others wait for it.
     """
     stat = path.stat()
     target = cache_root / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-    target.mkdir(parents=True, exist_ok=True)
-    out: dict[str, np.ndarray] = {}
+    dests = {key: target / f"{key}.npy" for key in KEYS}
     try:
-        with zipfile.ZipFile(path) as zf:
-            for key in KEYS:
-                dest = target / f"{key}.npy"
-                if not dest.exists():
-                    _stream_member(zf, f"{key}.npy", dest)
-                out[key] = np.load(dest, mmap_mode="r")
+        if not all(d.exists() for d in dests.values()):
+            target.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{target}.lock"), zipfile.ZipFile(path) as zf:
+                for key, dest in dests.items():
+                    if not dest.exists():  # else another process wrote it while we waited
+                        _stream_member(zf, f"{key}.npy", dest)
+        return {key: np.load(dest, mmap_mode="r") for key, dest in dests.items()}
     except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
         raise DataError(
             f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e})."
         ) from None
-    return out
 
 
 def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 << 24) -> None:
-    tmp = dest.with_suffix(".partial")
     with zf.open(member) as src:
         version = np.lib.format.read_magic(src)
         read_header = {
@@ -206,15 +207,15 @@ def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 
         shape, fortran, dtype = read_header(src)
         if fortran:
             raise ValueError(f"{member} is Fortran-ordered")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        flat = out.reshape(-1).view(np.uint8)
-        pos = 0
-        while pos < flat.size:
-            block = src.read(min(chunk, flat.size - pos))
-            if not block:
-                raise EOFError(f"{member} ended early")
-            flat[pos : pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
-            pos += len(block)
-        out.flush()
-        del out, flat
-    tmp.replace(dest)
+        with atomic_path(dest) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            flat = out.reshape(-1).view(np.uint8)
+            pos = 0
+            while pos < flat.size:
+                block = src.read(min(chunk, flat.size - pos))
+                if not block:
+                    raise EOFError(f"{member} ended early")
+                flat[pos : pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
+                pos += len(block)
+            out.flush()
+            del out, flat

@@ -3,7 +3,8 @@
 A present file is hashed once; the result is remembered in the cache directory keyed by path,
 size and mtime, so 35 MB to several GB are not re-hashed on every run. An absent file is
 downloaded by pooch, which streams to a temporary file in the same directory, checks the MD5
-and only then renames it: no partial file is ever left behind.
+and only then renames it: no partial file is ever left behind. A lock in the cache directory
+lets concurrent runs (array tasks, DDP ranks) download a file once.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 from filelock import FileLock
 
+from orchard_app.atomic import atomic_write
 from orchard_app.data.medmnist_info import file_name, url_and_md5
 from orchard_app.errors import DataError
 
 log = logging.getLogger(__name__)
+
+MEMO = "md5_verified.json"  # in dataset.cache_dir: {resolved path: {size, mtime_ns, md5}}
 
 
 def ensure_medmnist_file(
@@ -37,26 +40,35 @@ def ensure_medmnist_file(
         return path
     if not download:
         raise DataError(missing_message(fname, url, md5, root, "dataset.download=false"))
-    return _download(url, fname, md5, root)
+    return _download(url, fname, md5, root, cache_dir)
 
 
-def _download(url: str, fname: str, md5: str, root: Path) -> Path:
+def _download(url: str, fname: str, md5: str, root: Path, cache_dir: Path) -> Path:
+    """Download under a lock (in the cache dir, not the user's data folder), so array tasks or
+    DDP ranks starting together fetch the file once: the others wait, then find it in place."""
     import pooch  # lazy: pooch pulls in requests
 
-    log.info("downloading %s from %s", fname, url)
-    pooch.get_logger().setLevel(logging.WARNING)  # we announce the download ourselves, once
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        done = pooch.retrieve(url, f"md5:{md5}", fname=fname, path=root, progressbar=True)
-    except ValueError as e:  # pooch: the downloaded file's hash does not match
-        raise DataError(
-            f"the download of {fname} from {url} failed its MD5 check (expected {md5}); nothing "
-            f"was kept. The server sent a different or incomplete file ({_first_line(e)}).\n"
-            + by_hand(fname, url, md5, root)
-        ) from None
-    except Exception as e:  # offline, DNS, HTTP error, dropped connection (pooch cleans up)
-        raise DataError(missing_message(fname, url, md5, root, network_reason(e))) from None
-    return Path(done)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cache_dir / fname}.download.lock"):
+        path = root / fname
+        if path.is_file():
+            verify_md5(path, md5, url, cache_dir)
+            return path
+        log.info("downloading %s from %s", fname, url)
+        pooch.get_logger().setLevel(logging.WARNING)  # we announce the download ourselves, once
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            done = pooch.retrieve(url, f"md5:{md5}", fname=fname, path=root, progressbar=True)
+        except ValueError as e:  # pooch: the downloaded file's hash does not match
+            raise DataError(
+                f"the download of {fname} from {url} failed its MD5 check (expected {md5}); "
+                f"nothing was kept. The server sent a different or incomplete file "
+                f"({_first_line(e)}).\n" + by_hand(fname, url, md5, root)
+            ) from None
+        except Exception as e:  # offline, DNS, HTTP error, dropped connection (pooch cleans up)
+            raise DataError(missing_message(fname, url, md5, root, network_reason(e))) from None
+        _remember(Path(done), md5, cache_dir)  # pooch has just checked the MD5
+        return Path(done)
 
 
 def missing_message(fname: str, url: str, md5: str, root: Path, reason: str) -> str:
@@ -106,13 +118,9 @@ def md5_of(path: Path, chunk: int = 1 << 22) -> str:
 
 def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
     """Raise DataError unless `path` has MD5 `expected`; remember a pass by (size, mtime)."""
-    stat = path.stat()
-    key = str(path.resolve())
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
-    memo_path = cache_dir / "md5_verified.json"
-    if _read_memo(memo_path).get(key) == stamp:
+    if _read_memo(cache_dir / MEMO).get(str(path.resolve())) == _stamp(path, expected):
         return
-    log.info("verifying MD5 of %s (%d MB, once)", path.name, stat.st_size >> 20)
+    log.info("verifying MD5 of %s (%d MB, once)", path.name, path.stat().st_size >> 20)
     actual = md5_of(path)
     if actual != expected:
         raise DataError(
@@ -121,13 +129,25 @@ def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
             f"  Delete it and run again to download it afresh, or:\n"
             + by_hand(path.name, url, expected, path.parent)
         )
+    _remember(path, expected, cache_dir)
+
+
+def _stamp(path: Path, md5: str) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": md5}
+
+
+def _remember(path: Path, md5: str, cache_dir: Path) -> None:
+    _update_memo(cache_dir, str(path.resolve()), _stamp(path, md5))
+
+
+def _update_memo(cache_dir: Path, key: str, stamp: dict) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(memo_path) + ".lock"):
+    memo_path = cache_dir / MEMO
+    with FileLock(f"{memo_path}.lock"):
         memo = _read_memo(memo_path)
         memo[key] = stamp
-        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-        os.replace(tmp, memo_path)
+        atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True))
 
 
 def _read_memo(path: Path) -> dict:
