@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import json
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +319,37 @@ def test_truncated_custom_npz_is_reported_as_corrupt(tmp_path):
     bad.write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match="corrupt or truncated"):
         load_dataset(compose("dataset=npz", f"dataset.path={bad}").dataset, seed=0)
+
+
+def _npz_with_huge_header(path: Path) -> Path:
+    """train_images.npy says (10**7, 1000, 1000) uint8 (9 TiB) but holds 100 bytes."""
+    arrays = dict(np.load(make_npz(path.with_name("base.npz"))))
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            if key == "train_images":
+                header = {"descr": "|u1", "fortran_order": False, "shape": (10**7, 1000, 1000)}
+                np.lib.format.write_array_header_1_0(buf, header)
+                buf.write(bytes(100))
+            else:
+                np.save(buf, value)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("memmap", ["false", "true"])
+def test_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path, memmap):
+    path = _npz_with_huge_header(tmp_path / "huge.npz")
+    cache = tmp_path / "cache"
+    cfg = compose("dataset=npz", f"dataset.path={path}", f"dataset.memmap={memmap}",
+                  f"dataset.cache_dir={cache}")  # fmt: skip
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg.dataset, seed=0)
+    text = str(err.value)
+    assert "train_images declares shape (10000000, 1000, 1000) of uint8 (9.1 TiB)" in text
+    assert "holds only 100 bytes" in text and str(path) in text
+    left = [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert left == []  # no temp file, no sparse 9 TiB copy
 
 
 def test_split_sizes_are_checked_against_info(tmp_path, monkeypatch):

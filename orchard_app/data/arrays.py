@@ -7,6 +7,7 @@ file fails here with a message instead of deep inside training.
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -39,19 +40,60 @@ def read_npz(path: Path, hint: str) -> dict[str, np.ndarray]:
     """Load all six arrays; a truncated or corrupt archive becomes a DataError, not a zipfile trace."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in KEYS if k not in z.files]
-            if missing:
-                raise DataError(
-                    f"{path} lacks {', '.join(missing)}; an npz in the MedMNIST layout has "
-                    f"{', '.join(KEYS)}. {hint}"
-                )
+            _refuse_missing(z.files, path, hint)
+            for key in KEYS:  # before np.load allocates what a header claims
+                with z.zip.open(f"{key}.npy") as src:
+                    _read_header(src, path, key, z.zip.getinfo(f"{key}.npy").file_size, hint)
             return {k: z[k] for k in KEYS}
     except DataError:
         raise
+    except MemoryError as e:
+        raise DataError(
+            f"{path} does not fit in memory ({e}); set dataset.memmap=true to read it from an "
+            "uncompressed on-disk cache instead"
+        ) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         raise DataError(
             f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). {hint}"
         ) from None
+
+
+def _refuse_missing(names: list[str], path: Path, hint: str) -> None:
+    missing = [k for k in KEYS if k not in names]
+    if missing:
+        raise DataError(
+            f"{path} lacks {', '.join(missing)}; an npz in the MedMNIST layout has "
+            f"{', '.join(KEYS)}. {hint}"
+        )
+
+
+def _read_header(src, path: Path, key: str, member_size: int, hint: str):
+    """Shape, Fortran flag and dtype of an .npy stream, refused if the header claims more bytes
+    than the member holds (a crafted or damaged header would otherwise allocate terabytes)."""
+    version = np.lib.format.read_magic(src)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise ValueError(f"{key}.npy has .npy format version {version}; expected 1.0 or 2.0")
+    shape, fortran, dtype = readers[version](src)
+    declared, held = math.prod(shape) * dtype.itemsize, member_size - src.tell()
+    if declared > held:
+        raise DataError(
+            f"{path}: {key} declares shape {shape} of {dtype} ({_size(declared)}) but the archive "
+            f"holds only {_size(held)} of it; the file is corrupt or was not written by "
+            f"numpy.savez. {hint}"
+        )
+    return shape, fortran, dtype
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def npz_member_sizes(path: Path) -> dict[str, int]:
@@ -172,7 +214,7 @@ def _problem_text(where: str, problems: list[str]) -> str:
     return f"{where} is not a valid dataset file:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def uncompressed_cache(path: Path, cache_root: Path) -> dict[str, np.ndarray]:
+def uncompressed_cache(path: Path, cache_root: Path, hint: str = "") -> dict[str, np.ndarray]:
     """Memory-map each split from an uncompressed .npy copy, written once beside the cache.
 
     The 128/224-px MedMNIST+ files hold several GB of images, too many to load whole. Each
@@ -187,26 +229,25 @@ def uncompressed_cache(path: Path, cache_root: Path) -> dict[str, np.ndarray]:
         if not all(d.exists() for d in dests.values()):
             target.mkdir(parents=True, exist_ok=True)
             with FileLock(f"{target}.lock"), zipfile.ZipFile(path) as zf:
+                _refuse_missing([n.removesuffix(".npy") for n in zf.namelist()], path, hint)
                 for key, dest in dests.items():
                     if not dest.exists():  # else another process wrote it while we waited
-                        _stream_member(zf, f"{key}.npy", dest)
+                        _stream_member(zf, path, key, dest, hint)
         return {key: np.load(dest, mmap_mode="r") for key, dest in dests.items()}
     except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
         raise DataError(
-            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e})."
+            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). {hint}"
         ) from None
 
 
-def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 << 24) -> None:
-    with zf.open(member) as src:
-        version = np.lib.format.read_magic(src)
-        read_header = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }[version]
-        shape, fortran, dtype = read_header(src)
+def _stream_member(
+    zf: zipfile.ZipFile, path: Path, key: str, dest: Path, hint: str, chunk: int = 1 << 24
+) -> None:
+    info = zf.getinfo(f"{key}.npy")
+    with zf.open(info) as src:
+        shape, fortran, dtype = _read_header(src, path, key, info.file_size, hint)
         if fortran:
-            raise ValueError(f"{member} is Fortran-ordered")
+            raise ValueError(f"{key}.npy is Fortran-ordered")
         with atomic_path(dest) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             flat = out.reshape(-1).view(np.uint8)
@@ -214,7 +255,7 @@ def _stream_member(zf: zipfile.ZipFile, member: str, dest: Path, chunk: int = 1 
             while pos < flat.size:
                 block = src.read(min(chunk, flat.size - pos))
                 if not block:
-                    raise EOFError(f"{member} ended early")
+                    raise EOFError(f"{key}.npy ended early")
                 flat[pos : pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
                 pos += len(block)
             out.flush()

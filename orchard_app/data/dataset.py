@@ -126,7 +126,9 @@ def load_dataset(ds, seed: int) -> DataBundle:
                 sum(v for k, v in npz_member_sizes(path).items() if k.endswith("_images"))
                 > MEMMAP_AUTO_BYTES
             )
-        arrays = uncompressed_cache(path, cache_dir / "npy") if memmap else read_npz(path, hint)
+        arrays = (
+            uncompressed_cache(path, cache_dir / "npy", hint) if memmap else read_npz(path, hint)
+        )
         if ds.source == "npz" and names is not None:
             num_classes = len(names)
 
