@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -185,6 +186,50 @@ def test_download_false_does_not_touch_the_network(tmp_path):
     assert "dataset.download=false" in str(err.value) and mi.url_and_md5("bloodmnist", 28)[
         0
     ] in str(err.value)
+
+
+def test_root_that_is_a_file_is_named_not_reported_as_a_download_failure(tmp_path):
+    root = tmp_path / "data"
+    root.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        load_dataset(compose("dataset=bloodmnist", f"dataset.root={root}").dataset, seed=0)
+    assert str(err.value).startswith(f"dataset.root={root} is a file, not a directory")
+    assert "ORCHARD_DATA_DIR" in str(err.value)
+
+
+@pytest.mark.parametrize("memmap", ["false", "true"])
+def test_cache_dir_that_is_a_file_is_named(tmp_path, monkeypatch, memmap):
+    path = make_npz(tmp_path / "bloodmnist.npz", counts=BLOOD["counts"])
+    monkeypatch.setattr(files, "url_and_md5", lambda n, r: ("u", files.md5_of(path)))
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("ORCHARD_CACHE_DIR", str(cache))
+    cfg = compose("dataset=bloodmnist", f"dataset.root={tmp_path}", f"dataset.memmap={memmap}")
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg.dataset, seed=0)
+    assert str(err.value) == (
+        f"dataset.cache_dir={cache} is a file, not a directory; "
+        "point ORCHARD_CACHE_DIR/dataset.cache_dir at a folder you can write to"
+    )
+
+
+def test_cache_dir_that_cannot_be_created_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cache = tmp_path / "file" / "cache"
+    cfg = compose("dataset=npz", f"dataset.path={make_npz(tmp_path / 'x.npz')}",
+                  "dataset.memmap=true", f"dataset.cache_dir={cache}")  # fmt: skip
+    with pytest.raises(DataError, match=f"dataset.cache_dir={cache} cannot be created"):
+        load_dataset(cfg.dataset, seed=0)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_cache_dir_is_named(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o500)
+    cfg = compose("dataset=npz", f"dataset.path={make_npz(tmp_path / 'x.npz')}",
+                  "dataset.memmap=true", f"dataset.cache_dir={cache}")  # fmt: skip
+    with pytest.raises(DataError, match=f"dataset.cache_dir={cache} is not writable"):
+        load_dataset(cfg.dataset, seed=0)
 
 
 def test_cli_empty_root_offline_fails_clearly(tmp_path):

@@ -20,6 +20,7 @@ from orchard_app.data.arrays import (
     read_npz,
     uncompressed_cache,
 )
+from orchard_app.data.folders import writable_dir
 from orchard_app.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,8 @@ def load_dataset(ds, seed: int) -> DataBundle:
                 sum(v for k, v in npz_member_sizes(path).items() if k.endswith("_images"))
                 > MEMMAP_AUTO_BYTES
             )
-        arrays = (
-            uncompressed_cache(path, cache_dir / "npy", hint) if memmap else read_npz(path, hint)
-        )
+        cache = writable_dir(cache_dir, "dataset.cache_dir") / "npy" if memmap else None
+        arrays = uncompressed_cache(path, cache, hint) if cache else read_npz(path, hint)
         if ds.source == "npz" and names is not None:
             num_classes = len(names)
 

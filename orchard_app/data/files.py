@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from orchard_app.atomic import atomic_write
+from orchard_app.data.folders import not_a_file, writable_dir
 from orchard_app.data.medmnist_info import file_name, url_and_md5
 from orchard_app.errors import DataError
 
@@ -34,6 +35,7 @@ def ensure_medmnist_file(
     url, md5 = url_and_md5(name, resolution)
     if mirror:
         url = mirror.rstrip("/") + "/" + fname
+    not_a_file(root, "dataset.root")
     path = root / fname
     if path.is_file():
         verify_md5(path, md5, url, cache_dir)
@@ -48,8 +50,8 @@ def _download(url: str, fname: str, md5: str, root: Path, cache_dir: Path) -> Pa
     DDP ranks starting together fetch the file once: the others wait, then find it in place."""
     import pooch  # lazy: pooch pulls in requests
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{cache_dir / fname}.download.lock"):
+    writable_dir(root, "dataset.root")
+    with FileLock(f"{writable_dir(cache_dir, 'dataset.cache_dir') / fname}.download.lock"):
         path = root / fname
         if path.is_file():
             verify_md5(path, md5, url, cache_dir)
@@ -57,7 +59,6 @@ def _download(url: str, fname: str, md5: str, root: Path, cache_dir: Path) -> Pa
         log.info("downloading %s from %s", fname, url)
         pooch.get_logger().setLevel(logging.WARNING)  # we announce the download ourselves, once
         try:
-            root.mkdir(parents=True, exist_ok=True)
             done = pooch.retrieve(url, f"md5:{md5}", fname=fname, path=root, progressbar=True)
         except ValueError as e:  # pooch: the downloaded file's hash does not match
             raise DataError(
@@ -118,6 +119,7 @@ def md5_of(path: Path, chunk: int = 1 << 22) -> str:
 
 def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
     """Raise DataError unless `path` has MD5 `expected`; remember a pass by (size, mtime)."""
+    not_a_file(cache_dir, "dataset.cache_dir")  # before hashing gigabytes, not after
     if _read_memo(cache_dir / MEMO).get(str(path.resolve())) == _stamp(path, expected):
         return
     log.info("verifying MD5 of %s (%d MB, once)", path.name, path.stat().st_size >> 20)
@@ -142,8 +144,7 @@ def _remember(path: Path, md5: str, cache_dir: Path) -> None:
 
 
 def _update_memo(cache_dir: Path, key: str, stamp: dict) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    memo_path = cache_dir / MEMO
+    memo_path = writable_dir(cache_dir, "dataset.cache_dir") / MEMO
     with FileLock(f"{memo_path}.lock"):
         memo = _read_memo(memo_path)
         memo[key] = stamp
