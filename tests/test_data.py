@@ -397,6 +397,26 @@ def test_header_claiming_more_than_the_file_holds_is_refused_before_allocating(t
     assert left == []  # no temp file, no sparse 9 TiB copy
 
 
+def test_stray_label_does_not_invent_empty_classes(tmp_path):
+    base = dict(np.load(make_npz(tmp_path / "binary.npz", classes=2)))
+    base["train_labels"][5] = 7
+    np.savez(tmp_path / "stray.npz", **base)
+    with pytest.raises(DataError) as err:
+        load_dataset(compose("dataset=npz", f"dataset.path={tmp_path / 'stray.npz'}").dataset, 0)
+    assert "classes 2, 3, 4, 5, 6 have no training sample; labels span 0..7" in str(err.value)
+    names = "dataset.label_names=[a,b,c,d,e,f,g,h]"  # declared: empty classes are intended
+    cfg = compose("dataset=npz", f"dataset.path={tmp_path / 'stray.npz'}", names)
+    assert load_dataset(cfg.dataset, seed=0).info.num_classes == 8
+
+
+def test_multilabel_label_never_positive_in_training_is_accepted(tmp_path):
+    base = dict(np.load(make_npz(tmp_path / "ml.npz", classes=4, multilabel=True)))
+    base["train_labels"][:, 3] = 0
+    np.savez(tmp_path / "ml0.npz", **base)
+    data = load_dataset(compose("dataset=npz", f"dataset.path={tmp_path / 'ml0.npz'}").dataset, 0)
+    assert data.info.task == "multi-label" and data.info.num_classes == 4
+
+
 def test_split_sizes_are_checked_against_info(tmp_path, monkeypatch):
     path = make_npz(tmp_path / "bloodmnist.npz")
     monkeypatch.setattr(files, "url_and_md5", lambda n, r: ("u", files.md5_of(path)))

@@ -200,6 +200,8 @@ def check_layout(
                     where, ["labels have a single class; classification needs at least 2"]
                 )
             )
+        if num_classes is None:  # inferred from the largest label: every class must be seen
+            _refuse_unseen(arrays["train_labels"].reshape(-1), n, lo, hi, where)
     return Layout(
         task=task,
         num_classes=int(n),
@@ -208,6 +210,30 @@ def check_layout(
         width=int(width),
         counts=counts,
     )
+
+
+def _refuse_unseen(train: np.ndarray, n: int, lo: int, hi: int, where: str) -> None:
+    """A stray label (a 7 in a binary set) would otherwise add classes the model never sees."""
+    unseen = np.flatnonzero(np.bincount(train.astype(np.int64), minlength=n) == 0)
+    if unseen.size:
+        classes, seen = _listing(unseen), _listing(np.unique(train))
+        raise DataError(
+            _problem_text(
+                where,
+                [
+                    f"class{'es' if unseen.size > 1 else ''} {classes} "
+                    f"{'have' if unseen.size > 1 else 'has'} no training sample; labels span "
+                    f"{lo}..{hi} but train_labels holds only {seen}. Fix the stray labels, or "
+                    f"declare all {n} classes with dataset.label_names=[...] if some are "
+                    "meant to be absent from training"
+                ],
+            )
+        )
+
+
+def _listing(values: np.ndarray, most: int = 12) -> str:
+    text = ", ".join(str(v) for v in values[:most])
+    return text + (f", … ({len(values)} in all)" if len(values) > most else "")
 
 
 def _problem_text(where: str, problems: list[str]) -> str:
