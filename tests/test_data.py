@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -271,6 +272,28 @@ def test_md5_is_checked_once_and_again_when_the_file_changes(tmp_path, monkeypat
     with pytest.raises(DataError, match="MD5"):
         files.verify_md5(path, md5, "u", tmp_path / "cache")
     assert len(calls) == 2
+
+
+def test_edit_that_fools_the_md5_memo_is_reported_as_an_md5_mismatch(shared_medmnist, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    path = root / "breastmnist.npz"
+    shutil.copyfile(shared_medmnist / "breastmnist.npz", path)
+    cfg = compose("dataset=breastmnist", f"dataset.root={root}")
+    load_dataset(cfg.dataset, seed=0)  # verified once, remembered by size and mtime
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    for _ in range(2):  # the memo entry is dropped: the second run hashes again, and fails again
+        with pytest.raises(DataError) as err:
+            load_dataset(cfg.dataset, seed=0)
+        text = str(err.value)
+        md5 = mi.url_and_md5("breastmnist", 28)[1]
+        assert f"{path} fails its MD5 check: expected {md5}, got {files.md5_of(path)}" in text
+        assert "Delete it" in text and "md5sum breastmnist.npz" in text and "note above" not in text
 
 
 # ---------------------------------------------------------------- real files (../shared)

@@ -102,17 +102,17 @@ def load_dataset(ds, seed: int) -> DataBundle:
         )
     else:
         if ds.source == "medmnist":
-            from orchard_app.data.files import ensure_medmnist_file
+            from orchard_app.data import files
 
             root = Path(os.path.expanduser(str(ds.root)))
-            path = ensure_medmnist_file(
+            path = files.ensure_medmnist_file(
                 ds.name, resolution, root, cache_dir, bool(ds.download), ds.mirror
             )
             info = mi.medmnist_info()[ds.name]
             names, task = mi.label_names(ds.name), mi.task_of(ds.name)
             num_classes, expected, licence = len(names), info["n_samples"], info.get("license")
             md5 = mi.url_and_md5(ds.name, resolution)[1]
-            hint = "Delete the file and run again to download it afresh (see the MD5 note above)."
+            hint = "Delete the file and run again to download it afresh."
         else:
             path = Path(os.path.expanduser(str(ds.path)))
             if not path.is_file():
@@ -128,7 +128,13 @@ def load_dataset(ds, seed: int) -> DataBundle:
                 > MEMMAP_AUTO_BYTES
             )
         cache = writable_dir(cache_dir, "dataset.cache_dir") / "npy" if memmap else None
-        arrays = uncompressed_cache(path, cache, hint) if cache else read_npz(path, hint)
+        try:
+            arrays = uncompressed_cache(path, cache, hint) if cache else read_npz(path, hint)
+        except DataError:
+            if ds.source == "medmnist":  # the MD5 memo may have been fooled: hash it again
+                _, url, _ = files.official_source(ds.name, resolution, ds.mirror)
+                files.recheck_md5(path, md5, url, cache_dir)
+            raise
         if ds.source == "npz" and names is not None:
             num_classes = len(names)
 

@@ -27,14 +27,20 @@ log = logging.getLogger(__name__)
 MEMO = "md5_verified.json"  # in dataset.cache_dir: {resolved path: {size, mtime_ns, md5}}
 
 
-def ensure_medmnist_file(
-    name: str, resolution: int, root: Path, cache_dir: Path, download: bool, mirror: str | None
-) -> Path:
-    """Return the path of a verified official file, downloading it if absent and allowed."""
+def official_source(name: str, resolution: int, mirror: str | None) -> tuple[str, str, str]:
+    """File name, URL (on the mirror when one is set) and MD5 of an official file."""
     fname = file_name(name, resolution)
     url, md5 = url_and_md5(name, resolution)
     if mirror:
         url = mirror.rstrip("/") + "/" + fname
+    return fname, url, md5
+
+
+def ensure_medmnist_file(
+    name: str, resolution: int, root: Path, cache_dir: Path, download: bool, mirror: str | None
+) -> Path:
+    """Return the path of a verified official file, downloading it if absent and allowed."""
+    fname, url, md5 = official_source(name, resolution, mirror)
     not_a_file(root, "dataset.root")
     path = root / fname
     if path.is_file():
@@ -127,11 +133,18 @@ def verify_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
     if actual != expected:
         raise DataError(
             f"{path} fails its MD5 check: expected {expected}, got {actual}. The file is corrupt "
-            f"or truncated (an interrupted download?).\n"
+            f"or truncated (an interrupted download?), or was changed after it was verified.\n"
             f"  Delete it and run again to download it afresh, or:\n"
             + by_hand(path.name, url, expected, path.parent)
         )
     _remember(path, expected, cache_dir)
+
+
+def recheck_md5(path: Path, expected: str, url: str, cache_dir: Path) -> None:
+    """Forget a remembered pass and hash again: for a 'verified' file that fails to read (an
+    edit that kept its size and mtime fools the memo, not the hash)."""
+    _update_memo(cache_dir, str(path.resolve()), None)
+    verify_md5(path, expected, url, cache_dir)
 
 
 def _stamp(path: Path, md5: str) -> dict:
@@ -143,11 +156,14 @@ def _remember(path: Path, md5: str, cache_dir: Path) -> None:
     _update_memo(cache_dir, str(path.resolve()), _stamp(path, md5))
 
 
-def _update_memo(cache_dir: Path, key: str, stamp: dict) -> None:
+def _update_memo(cache_dir: Path, key: str, stamp: dict | None) -> None:
     memo_path = writable_dir(cache_dir, "dataset.cache_dir") / MEMO
     with FileLock(f"{memo_path}.lock"):
         memo = _read_memo(memo_path)
-        memo[key] = stamp
+        if stamp is None:
+            memo.pop(key, None)
+        else:
+            memo[key] = stamp
         atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True))
 
 
