@@ -155,7 +155,15 @@ def test_download_with_wrong_md5_leaves_nothing(serve, tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         _fetch(root, tmp_path / "cache", server.url)
     assert "MD5" in str(err.value) and "bloodmnist.npz" in str(err.value)
+    assert "the known hash may be outdated." in str(err.value)  # pooch's reason, quoted whole
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_long_library_messages_are_shortened_only_at_a_word_boundary():
+    text = files.first_line(RuntimeError("unpronounceable " * 60 + "\nsecond line"))
+    assert text.endswith(" …") and all(w == "unpronounceable" for w in text[:-2].split())
+    short = "pooch says no. " * 10
+    assert files.first_line(ValueError(short + "\nmore")) == short.strip()
 
 
 def test_connection_dropped_mid_file_leaves_nothing(serve, tmp_path, monkeypatch):

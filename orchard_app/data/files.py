@@ -70,7 +70,7 @@ def _download(url: str, fname: str, md5: str, root: Path, cache_dir: Path) -> Pa
             raise DataError(
                 f"the download of {fname} from {url} failed its MD5 check (expected {md5}); "
                 f"nothing was kept. The server sent a different or incomplete file "
-                f"({_first_line(e)}).\n" + by_hand(fname, url, md5, root)
+                f"({first_line(e)})\n" + by_hand(fname, url, md5, root)
             ) from None
         except Exception as e:  # offline, DNS, HTTP error, dropped connection (pooch cleans up)
             raise DataError(missing_message(fname, url, md5, root, network_reason(e))) from None
@@ -107,12 +107,19 @@ def network_reason(e: BaseException) -> str:
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status:
         return f"HTTP {status} from {host}"
-    return f"{kind}: {_first_line(e)}"
+    return f"{kind}: {first_line(e)}"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+def first_line(e: BaseException, most: int = 600) -> str:
+    """An exception's first line, whole; past `most` characters it is cut at a sentence or word
+    boundary and marked with an ellipsis, never mid-word."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else type(e).__name__
+    if len(text) <= most:
+        return text
+    head = text[: most + 1]
+    sentence = head.rfind(". ")
+    return (head[: sentence + 1] if sentence > most // 2 else head.rsplit(" ", 1)[0]) + " …"
 
 
 def md5_of(path: Path, chunk: int = 1 << 22) -> str:
