@@ -448,6 +448,19 @@ def test_multilabel_label_never_positive_in_training_is_accepted(tmp_path):
     assert data.info.task == "multi-label" and data.info.num_classes == 4
 
 
+def test_task_override_is_refused_where_the_source_fixes_the_task(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_dataset(compose("dataset.task=binary").dataset, seed=0)
+    assert str(err.value) == (
+        "dataset.task=binary has no effect for digits: its task is multi-class; remove the override"
+    )
+    cfg = compose("dataset=breastmnist", "dataset.task=multi-class", "dataset.download=false",
+                  f"dataset.root={tmp_path}")  # fmt: skip
+    with pytest.raises(DataError, match="dataset.task=multi-class has no effect for breastmnist"):
+        load_dataset(cfg.dataset, seed=0)  # refused before looking for the file
+    assert load_dataset(compose("dataset.task=multi-class").dataset, seed=0).info.num_classes == 10
+
+
 def test_split_sizes_are_checked_against_info(tmp_path, monkeypatch):
     path = make_npz(tmp_path / "bloodmnist.npz")
     monkeypatch.setattr(files, "url_and_md5", lambda n, r: ("u", files.md5_of(path)))

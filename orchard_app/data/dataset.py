@@ -90,6 +90,8 @@ def load_dataset(ds, seed: int) -> DataBundle:
     cache_dir = Path(os.path.expanduser(str(ds.cache_dir)))
     memmap = ds.memmap
     file, md5, licence, expected = None, None, None, None
+    if ds.source in ("digits", "medmnist"):
+        _refuse_task_override(ds)
     if ds.source == "digits":
         from orchard_app.data.digits import LABEL_NAMES, digits_arrays
 
@@ -171,6 +173,16 @@ def load_dataset(ds, seed: int) -> DataBundle:
     if ds.max_samples is not None and ds.max_samples < len(splits["train"]):
         splits["train"] = _cap(splits["train"], int(ds.max_samples), seed, info)
     return DataBundle(info=info, **splits)
+
+
+def _refuse_task_override(ds) -> None:
+    """dataset.task is read only for npz files; elsewhere the source fixes the task."""
+    own = "multi-class" if ds.source == "digits" else mi.task_of(ds.name)
+    if ds.task is not None and ds.task != own:
+        raise DataError(
+            f"dataset.task={ds.task} has no effect for {ds.name}: its task is {own}; remove "
+            "the override"
+        )
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Split:
