@@ -5,18 +5,19 @@ On BloodMNIST 28 px (real file), measured in one process with the same threads:
      colour jitter) + normalisation, batch 128;
   2. for reference, a per-sample torchvision.transforms.v2 pipeline on PIL images (what the
      peer project does in its training process);
-  3. a resnet18_adapted train step (forward + backward + SGD step), batch 128, a few steps.
+  3. a resnet18_adapted train step (forward + backward + optimiser step), batch 128, a few steps.
 Goal: (1) at least 20x faster than (3). The ratio is printed last.
 """
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
 from common import compose, data_root, rate
 
-from orchard_app.data.dataset import load_dataset
-from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.models import build_model
+from orchard_app.runtime.assemble import assemble
+from orchard_app.runtime.context import RunContext
 
 BATCH = 128
 AUGMENT = ["dataset.augment.hflip=true", "dataset.augment.vflip=true", "dataset.augment.rotation=15",
@@ -27,8 +28,9 @@ def main() -> None:
     cfg = compose(
         "dataset=bloodmnist", f"dataset.root={data_root()}", "model=resnet18_adapted", *AUGMENT
     )
-    data = load_dataset(cfg.dataset, seed=0)
-    pipe = BatchPipeline(data, cfg.dataset, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as run_dir:  # the checkpointer's dir; nothing is written
+        parts = assemble(cfg, RunContext.create(cfg, run_dir))
+    data, pipe, model, opt = parts.data, parts.pipeline, parts.model, parts.engine.optimizer
     g = torch.Generator().manual_seed(0)
     order = pipe.epoch_order(g)
     position = [0]
@@ -55,10 +57,7 @@ def main() -> None:
         position[0] += BATCH
         return BATCH
 
-    model = build_model(
-        cfg.model, data.info.in_chans, data.info.num_classes, resolution=data.info.resolution
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
     x_fixed, y_fixed = pipe.train_batch(order[:BATCH], g)
 
     def model_step() -> int:

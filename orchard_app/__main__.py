@@ -16,7 +16,16 @@ def _hydra_entry(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    _hydra_entry()
+    try:
+        _hydra_entry()
+    except KeyboardInterrupt:  # Ctrl-C while Hydra composes, before the job started
+        import sys
+
+        from orchard_app.config.resolvers import drop_unused_claims
+
+        drop_unused_claims()
+        print("\norchard_app: interrupted during start-up; nothing was written.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -46,6 +46,37 @@ class RunLockedError(OrchardError):
     title = "run directory busy"
 
 
+class RunDirError(OrchardError):
+    """The run directory cannot be used: another run's record, or not writable."""
+
+    title = "run directory problem"
+
+
+class StorageError(OrchardError):
+    """A file of the run could not be written (disk full, read-only, permissions)."""
+
+    title = "cannot write the run's files"
+
+    def __init__(self, path, error: OSError):
+        self.path, self.error = path, error
+        reason = error.strerror or str(error)
+        super().__init__(
+            f"{path}: {reason}. Nothing half-written was kept. Free space or fix the permissions, "
+            "or run in another directory (hydra.run.dir=...)."
+        )
+
+
+class RunPruned(Exception):
+    """A callback (e.g. an Optuna pruner) ended the run early on purpose: not a failure.
+
+    Subclassed by the HPO layer together with optuna.TrialPruned, so a sweeper sees its own type.
+    """
+
+    def __init__(self, message: str = "pruned", epoch: int | None = None):
+        self.epoch = epoch
+        super().__init__(message)
+
+
 class TrainingInterrupted(BaseException):
     """SIGTERM/SIGINT stopped the run (after writing last.pt when training had started).
 
@@ -60,4 +91,5 @@ class TrainingInterrupted(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum  # the shell convention: 130 for Ctrl-C, 143 for SIGTERM
         self.checkpoint: str | None = None  # last.pt, when one was written
+        self.requeue = False  # set when the scheduler will start this run again (SLURM)
         super().__init__(message)

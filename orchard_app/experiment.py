@@ -6,10 +6,11 @@ The test split is evaluated once, with the best checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,68 +19,81 @@ from omegaconf import DictConfig
 
 from orchard_app.config.resolvers import SHORT_HASH_LEN, hash_container, resolved_container
 from orchard_app.config.validate import validate
-from orchard_app.data.dataset import load_dataset
-from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.engine.checkpoint import fingerprint
 from orchard_app.engine.interrupts import StopSignals
-from orchard_app.engine.loop import Engine
-from orchard_app.errors import ConfigError
+from orchard_app.engine.loop import Engine, EpochCallback, StepHook
+from orchard_app.errors import TrainingInterrupted
 from orchard_app.evaluation import figures
 from orchard_app.evaluation.artifacts import write_metrics, write_predictions
 from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
-from orchard_app.models import build_model
-from orchard_app.tracking import open_tracker
+from orchard_app.ranks import process_rank
+from orchard_app.runtime.assemble import assemble
+from orchard_app.runtime.context import RunContext
+from orchard_app.tracking import NullTracker, open_tracker
 from orchard_app.tracking.provenance import device_info
 from orchard_app.tracking.run_dir import RunDirectory
 
 log = logging.getLogger("orchard_app")
 
 
-def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
+def train(
+    cfg: DictConfig,
+    output_dir: str | Path | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    step_hooks: Sequence[StepHook] = (),
+) -> float:
+    """Train, test and record one run; `callbacks` run after each epoch (after tracking),
+    `step_hooks` after each training step."""
     validate(cfg)
     run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
     config = resolved_container(cfg)  # resolved once: recorded, hashed, logged
     digest = hash_container(config)
     fields = {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
-    with StopSignals() as stop, RunDirectory(run_path, fields) as run:
-        # closed by the run dir after provenance.json records the outcome
-        tracker = run.track(open_tracker(cfg, run_path, config, digest, run.provenance.data))
-        seed = int(cfg.training.seed)
-        device = setup_torch(cfg.hardware, seed)
-        run.provenance.update(**device_info(device))
+    resume, continues = resume_target(cfg.training.resume, run_path)
+    process = process_rank()
+    if process.world_size > 1:
+        fields |= {"world_size": process.world_size, "launcher": process.launcher}
+    progress = Progress()
+    with (
+        StopSignals() as stop,
+        RunDirectory(run_path, fields, resumed_from=str(resume) if resume else None,
+                     continues=continues, main=process.is_main, job_config=cfg) as run,
+        progress.explain_interruptions(),
+    ):  # fmt: skip
+        ctx = RunContext.create(cfg, run_path, stop)
+        tracker = NullTracker()
+        if ctx.is_main:  # closed by the run dir after provenance.json records the outcome
+            tracker = run.track(open_tracker(cfg, run_path, config, digest, run.provenance.data))
+            run.provenance.update(**device_info(ctx.device))
         log.info("run dir %s", run_path)
 
-        data = load_dataset(cfg.dataset, seed=seed)
-        info = data.info
+        progress.phase = "loading the data and building the model"
+        parts = assemble(cfg, ctx, config, [tracker.on_epoch_end, *callbacks], step_hooks)
+        engine, data, info = parts.engine, parts.data, parts.data.info
+        progress.engine = engine
         log.info(
             "dataset %s: %s, %d %s, %dx%dx%d, train/val/test %d/%d/%d", info.name, info.task,
             info.num_classes, "labels" if info.multilabel else "classes", info.in_chans,
             info.resolution, info.resolution, len(data.train), len(data.val), len(data.test),
         )  # fmt: skip
+        log.info("model %s: %s parameters on %s", cfg.model.name, f"{parts.n_params:,}", ctx.device)
+        if resume is not None:
+            engine.resume(resume)
 
-        model = build_model(cfg.model, info.in_chans, info.num_classes, resolution=info.resolution)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("model %s: %s parameters on %s", cfg.model.name, f"{n_params:,}", device)
-
-        pipeline = BatchPipeline(data, cfg.dataset, device, bool(cfg.hardware.channels_last))
-        engine = Engine(
-            model, pipeline, cfg, device, run_path / "checkpoints",
-            fingerprint(cfg.model, info, model), config, callbacks=[tracker.on_epoch_end], stop=stop,
-        )  # fmt: skip
-        if cfg.training.resume:
-            engine.resume(Path(os.path.expanduser(str(cfg.training.resume))))
-
+        progress.phase = "training"
         started = time.perf_counter()
         state = engine.fit()
         train_seconds = time.perf_counter() - started
 
+        progress.phase = "the test evaluation"
         engine.load_best()  # the test split is used once, with the best checkpoint
         test, probs, labels = engine.evaluate(data.test, tta=bool(cfg.evaluation.tta))
         test["per_class"] = per_class_report(info.task, labels, probs, list(info.label_names))
-        summary = _summary(cfg, engine, data, test, n_params, train_seconds, device)
-        _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
-        tracker.log_results(summary, run_path)
+        summary = _summary(cfg, engine, data, test, parts.n_params, train_seconds, ctx.device)
+        if ctx.is_main:
+            progress.phase = "writing the results"
+            _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
+            tracker.log_results(summary, run_path)
 
         log.info(
             "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  "
@@ -88,6 +102,48 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         )  # fmt: skip
         log.info("done: %s  (report.md, metrics.json, checkpoints/best.pt)", run_path)
         return float(state.best_value)
+
+
+def resume_target(resume: str | None, run_dir: Path) -> tuple[Path | None, bool]:
+    """(checkpoint to resume from, whether this continues the run in `run_dir`).
+
+    `auto` resumes from <run dir>/checkpoints/last.pt when it exists and starts fresh otherwise
+    (what a requeued cluster job needs); either way it continues that directory's record.
+    """
+    if resume is None:
+        return None, False
+    if str(resume) == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return (last if last.is_file() else None), True
+    path = Path(os.path.expanduser(str(resume)))
+    return path, path.resolve().is_relative_to(Path(run_dir).resolve())
+
+
+class Progress:
+    """Where the run is, so that a stop outside the training loop (a second Ctrl-C, SIGTERM
+    during the test evaluation) says what was saved and how to resume."""
+
+    def __init__(self) -> None:
+        self.phase = "start-up"
+        self.engine: Engine | None = None
+
+    @contextlib.contextmanager
+    def explain_interruptions(self):
+        try:
+            yield
+        except TrainingInterrupted as e:
+            if e.checkpoint is None:
+                self._explain(e)
+            raise
+
+    def _explain(self, e: TrainingInterrupted) -> None:
+        last = self.engine.checkpoints.last if self.engine is not None else None
+        if last is not None and last.is_file():
+            e.checkpoint = str(last.resolve())
+            epoch = self.engine.state.epoch
+            e.args = (f"{e} during {self.phase}; {e.checkpoint} holds the run up to epoch {epoch}",)
+        else:
+            e.args = (f"{e} during {self.phase}, before training saved a checkpoint",)
 
 
 def _summary(cfg, engine: Engine, data, test: dict, n_params: int, seconds: float, device) -> dict:
@@ -123,34 +179,6 @@ def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, lab
     write_predictions(run_path / "predictions_test.csv", data.info.task, labels, probs, names)
     figs = _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
     write_report(run_path / "report.md", summary, config, figs)
-
-
-def setup_torch(hardware, seed: int) -> torch.device:
-    """Seed everything, set threads and determinism, and pick the device."""
-    if hardware.num_threads:
-        torch.set_num_threads(int(hardware.num_threads))
-    if hardware.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:  # (only when needed: the call imports torch._inductor, ~2 s)
-        if torch.are_deterministic_algorithms_enabled():
-            torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    wanted = str(hardware.device)
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise ConfigError(
-            [
-                f"hardware.device={wanted}: torch sees no CUDA device (torch {torch.__version__}, {build}); use hardware=cpu or hardware=auto"
-            ]
-        )
-    return torch.device(wanted)
 
 
 def _figures(

@@ -13,14 +13,12 @@ import torch
 from conftest import compose, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
-from orchard_app.data.dataset import load_dataset
-from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.engine.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from orchard_app.engine.checkpoint import load_checkpoint, save_checkpoint
 from orchard_app.engine.loop import Engine
 from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
-from orchard_app.experiment import setup_torch
-from orchard_app.models import build_model
+from orchard_app.runtime.assemble import assemble
+from orchard_app.runtime.context import RunContext
 
 RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.hflip=true",
           "dataset.augment.rotation=10", "training.mixup_alpha=0.2", "scheduler.warmup_epochs=1"]  # fmt: skip
@@ -28,15 +26,19 @@ RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.h
 
 def make_engine(tmp_path, npz, *overrides: str) -> Engine:
     cfg = compose(*tiny_overrides(npz, *overrides))
-    device = setup_torch(cfg.hardware, int(cfg.training.seed))
-    data = load_dataset(cfg.dataset, seed=int(cfg.training.seed))
-    model = build_model(
-        cfg.model, data.info.in_chans, data.info.num_classes, resolution=data.info.resolution
-    )
-    pipe = BatchPipeline(data, cfg.dataset, device)
-    return Engine(
-        model, pipe, cfg, device, tmp_path / "ckpt", fingerprint(cfg.model, data.info, model), {}
-    )
+    return assemble(cfg, RunContext.create(cfg, tmp_path)).engine
+
+
+def at_step(n: int, action):
+    """A step hook that calls `action(engine)` after the n-th training step of the run."""
+    calls = [0]
+
+    def hook(engine):
+        calls[0] += 1
+        if calls[0] == n:
+            action(engine)
+
+    return hook
 
 
 def read_metrics(run) -> dict:
@@ -231,29 +233,16 @@ def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
 @pytest.mark.parametrize(
     "stop_at_batch", [9, 12]
 )  # mid-epoch 2, and its last step (epoch boundary)
-def test_interrupted_then_resumed_run_matches_uninterrupted(
-    tiny_npz, tmp_path, monkeypatch, stop_at_batch
-):
+def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_npz, tmp_path, stop_at_batch):
     straight = tmp_path / "straight"
     train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=straight)
 
-    real, calls = BatchPipeline.train_batch, [0]
-
-    def train_batch(self, idx, g):
-        calls[0] += 1
-        if calls[0] == stop_at_batch:
-            os.kill(
-                os.getpid(), signal.SIGTERM
-            )  # arrives during this step; the step still finishes
-        return real(self, idx, g)
-
-    monkeypatch.setattr(BatchPipeline, "train_batch", train_batch)
+    sigterm = at_step(stop_at_batch, lambda engine: os.kill(os.getpid(), signal.SIGTERM))
     first = tmp_path / "first"
     with pytest.raises(TrainingInterrupted) as err:
-        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=first)
+        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=first, step_hooks=[sigterm])
     assert err.value.exit_code == 143 and err.value.checkpoint.endswith("last.pt")
     assert json.loads((first / "provenance.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(BatchPipeline, "train_batch", real)
 
     resumed = tmp_path / "resumed"
     train(
@@ -297,20 +286,14 @@ def test_garbage_checkpoint_is_a_clear_error(tiny_npz, tmp_path):
         )
 
 
-def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good(
-    tiny_npz, tmp_path, monkeypatch
-):
-    real, calls = Engine._train_step, [0]
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good(tiny_npz, tmp_path):
+    def poison(engine):  # epoch 2, step 3 (6 steps an epoch)
+        engine.state.epoch_losses[engine.state.step - 1] = float("nan")
 
-    def train_step(self, x, y):
-        calls[0] += 1
-        loss = real(self, x, y)
-        return loss * float("nan") if calls[0] == 9 else loss  # epoch 2, step 3 (6 steps an epoch)
-
-    monkeypatch.setattr(Engine, "_train_step", train_step)
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=run)
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=run,
+              step_hooks=[at_step(9, poison)])  # fmt: skip
     assert "epoch 2, step 3/6" in str(err.value) and "optimizer.lr" in str(err.value)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"] == 1
     assert json.loads((run / "provenance.json").read_text())["status"] == "failed"

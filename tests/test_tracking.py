@@ -157,7 +157,7 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
     assert artifact_json(run, "provenance.json")["status"] == "failed"
     # the run dir is released and logging restored
     assert logging.getLogger().handlers == handlers
-    with RunDirectory(run_dir, {}):
+    with RunDirectory(run_dir, {}, continues=True):  # only its own resume may reuse the dir
         pass
 
 

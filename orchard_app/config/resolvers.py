@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from orchard_app.atomic import atomic_write
+from orchard_app.ranks import process_rank
 
 SHORT_HASH_LEN = 6
 
@@ -52,10 +57,55 @@ _claimed: dict[str, str] = {}
 def _claim_once(path: str) -> str:
     """`claim_unique_dir`, once per process and path: OmegaConf's resolver cache lives on one
     config object, and Hydra resolves the run/sweep dir on copies too (the submitit launcher
-    resolves `${hydra.sweep.dir}` in its own node), which would otherwise claim a second dir."""
+    resolves `${hydra.sweep.dir}` in its own node), which would otherwise claim a second dir.
+
+    In a multi-process launch (torchrun, several SLURM tasks) only the main process claims;
+    the others use the directory it claimed (`shared_claim`), so a run has one directory."""
     if path not in _claimed:
-        _claimed[path] = claim_unique_dir(path)
+        process = process_rank()
+        if process.world_size == 1:
+            _claimed[path] = claim_unique_dir(path)
+        else:
+            _claimed[path] = shared_claim(path, process, len(_claimed))
     return _claimed[path]
+
+
+CLAIM_WAIT_SECONDS = 120
+_STARTED = time.time()
+
+
+def shared_claim(path: str, process, index: int) -> str:
+    """Rank 0 claims `path` and leaves a note `<top folder>/.claims/<launch id>-<index>.json`
+    that the other ranks wait for. The note must be younger than the reader process (a launch
+    id can repeat across launches: torchrun's default is the same every time)."""
+    top = Path(Path(path).parts[0] if not Path(path).is_absolute() else Path(path).parent)
+    digest = hashlib.blake2b(f"{process.launch_id}-{index}".encode(), digest_size=8).hexdigest()
+    note = top / ".claims" / f"{digest}.json"
+    if process.is_main:
+        claimed = claim_unique_dir(path)
+        note.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(note, json.dumps({"dir": claimed, "created": time.time()}))
+        return claimed
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            found = json.loads(note.read_text())
+            if found["created"] >= _STARTED - 60:
+                return str(found["dir"])
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"rank {process.rank} waited {CLAIM_WAIT_SECONDS} s for rank 0 to claim the run "
+        f"directory ({note}); is rank 0 running with the same working directory?"
+    )
+
+
+def drop_unused_claims() -> None:
+    """Remove the directories this process claimed and never wrote to (an aborted start)."""
+    for path in _claimed.values():
+        with contextlib.suppress(OSError):
+            Path(path).rmdir()  # only when empty
 
 
 def register_resolvers() -> None:

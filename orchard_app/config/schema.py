@@ -113,7 +113,7 @@ class TrainingConfig:
     batch_size: int = 64
     eval_batch_size: int = 512
     seed: int = 42
-    resume: str | None = None  # path to a checkpoint (last.pt) to continue from
+    resume: str | None = None  # a checkpoint (last.pt) to continue from, or auto (see README)
     monitor: str = "val_accuracy"  # val_<metric> that picks best.pt and that train() returns
     monitor_mode: str = "auto"  # auto (min for loss, max otherwise) | min | max
     early_stop_patience: int | None = None  # epochs without improvement; null = off

@@ -96,11 +96,12 @@ def _training(r: _Rules) -> None:
     r.check("training.label_smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
     r.check("training.mixup_alpha", lambda v: v >= 0, "must be >= 0 (0 = no mixup)")
     resume = r.get("training.resume")
-    if resume is not None and not Path(str(resume)).expanduser().is_file():
+    if resume not in (None, "auto") and not Path(str(resume)).expanduser().is_file():
         r.fail(
             "training.resume",
             resume,
-            "no such file; pass the path of a checkpoint such as <run dir>/checkpoints/last.pt",
+            "no such file; pass the path of a checkpoint such as <run dir>/checkpoints/last.pt, "
+            "or auto (continue the run in hydra.run.dir from its last.pt, if any)",
         )
 
 

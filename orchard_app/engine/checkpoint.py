@@ -7,15 +7,39 @@ copied into the model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from orchard_app.errors import CheckpointError
+from orchard_app.atomic import atomic_path
+from orchard_app.errors import CheckpointError, StorageError
 
 FORMAT = 1
+
+
+class Checkpointer:
+    """Where a run's checkpoints go, and what travels in each (fingerprint, resolved config).
+
+    Disabled on every process but the main one of a multi-process run: the engine calls it the
+    same way everywhere, and only one process writes.
+    """
+
+    def __init__(self, directory: Path, fingerprint: dict[str, Any], config: dict[str, Any],
+                 enabled: bool = True):  # fmt: skip
+        self.directory, self.fingerprint, self.config = Path(directory), fingerprint, config
+        self.enabled = enabled
+
+    @property
+    def last(self) -> Path:
+        return self.directory / "last.pt"
+
+    def save(self, name: str, payload: dict[str, Any]) -> None:
+        if self.enabled:
+            save_checkpoint(
+                self.directory / name,
+                {"fingerprint": self.fingerprint, "config": self.config, **payload},
+            )
 
 
 def fingerprint(model_cfg, info, model: torch.nn.Module) -> dict[str, Any]:
@@ -40,23 +64,43 @@ def describe(fp: dict[str, Any]) -> str:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    keys = ("arch", "model", "in_chans", "resolution", "num_classes", "task", "parameters")
+    keys = (
+        "arch",
+        "model",
+        "dataset",
+        "in_chans",
+        "resolution",
+        "num_classes",
+        "task",
+        "parameters",
+    )
     diffs = [k for k in keys if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(
             f"{path} does not fit this run ({', '.join(diffs)} differ):\n"
             f"  checkpoint: {describe(saved)}\n"
             f"  this run:   {describe(current)}\n"
-            f"  Resume with the model and dataset that wrote it, or drop training.resume to start fresh."
+            "  Resume with the model and dataset that wrote it, or drop training.resume to start fresh."
         )
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same directory, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    """Write to a temporary file in the same directory, then rename: never a half-written file;
+    a full disk or a read-only directory is one clear error, with the temp file removed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, **payload}, tmp)
+    except OSError as e:
+        raise StorageError(path, e) from None
+    except (
+        RuntimeError
+    ) as e:  # torch wraps write errors: "[enforce fail ...] ... file write failed"
+        if "write" not in str(e).lower():
+            raise
+        raise StorageError(
+            path, OSError(28, "the file could not be written (disk full?)")
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -58,6 +58,4 @@ class StopSignals:
             os.write(2, (notice + "(Ctrl-C again to stop at once)\n").encode())
             return
         self.signum = signum
-        raise TrainingInterrupted(
-            f"stopped by {name} before training could save a checkpoint", signum
-        )
+        raise TrainingInterrupted(f"stopped by {name}", signum)  # train() adds what was saved

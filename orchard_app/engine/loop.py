@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from orchard_app.engine.checkpoint import Checkpointer, check_compatible, load_checkpoint
 from orchard_app.engine.interrupts import StopSignals
-from orchard_app.engine.optim import build_optimizer, build_schedule
-from orchard_app.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from orchard_app.engine.optim import Schedule
+from orchard_app.errors import CheckpointError, DataError, NonFiniteLossError, TrainingInterrupted
 from orchard_app.evaluation.metrics import compute_metrics
 
 log = logging.getLogger("orchard_app.engine")
 
-EpochCallback = Callable[[dict[str, Any], "Engine"], None]
+EpochCallback = Callable[[dict[str, Any], "Engine"], None]  # after validation and checkpoints
+StepHook = Callable[["Engine"], None]  # after each training step (state.step is updated)
 FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks (each check syncs a CUDA stream)
 
 
@@ -50,10 +51,31 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def monitor_mode(training) -> str:
-    if training.monitor_mode != "auto":
-        return str(training.monitor_mode)
-    return "min" if training.monitor.endswith("loss") else "max"
+@dataclass(frozen=True)
+class EngineSettings:
+    """The plain settings of a training run (built from the config by `runtime.assemble`)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    monitor: str = "val_accuracy"
+    mode: str = "max"  # min | max (config.monitor_direction)
+    patience: int | None = None  # early stop after this many epochs without improvement
+    grad_clip: float | None = None
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    class_weighted_loss: bool = False
+    amp_dtype: torch.dtype | None = None
+    tta_vflip: bool = False  # test-time augmentation also averages vertical flips
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """A last batch of one sample would break BatchNorm in training mode: it is dropped."""
+    steps = n // batch_size + (1 if n % batch_size > 1 else 0)
+    if steps == 0:
+        raise DataError(f"the training split has {n} sample(s); at least 2 are needed")
+    return steps
 
 
 def amp_dtype(hardware, device: torch.device) -> torch.dtype | None:
@@ -67,63 +89,45 @@ def amp_dtype(hardware, device: torch.device) -> torch.dtype | None:
 
 
 class Engine:
+    """Runs the parts it is given (model, data pipeline, optimiser, schedule, checkpointer);
+    `runtime.assemble.assemble` builds them from a config."""
+
     def __init__(
         self,
         model: torch.nn.Module,
         pipeline: BatchPipeline,
-        cfg,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        settings: EngineSettings,
+        checkpoints: Checkpointer,
         device: torch.device,
-        checkpoint_dir: Path,
-        fingerprint: dict[str, Any],
-        config: dict[str, Any],
+        step_model: torch.nn.Module | None = None,
         callbacks: Sequence[EpochCallback] = (),
+        step_hooks: Sequence[StepHook] = (),
         stop: StopSignals | None = None,
     ):
-        t = cfg.training
-        self.cfg, self.device, self.pipeline = cfg, device, pipeline
+        self.model, self.step_model = model, step_model or model
+        self.pipeline, self.optimizer, self.schedule = pipeline, optimizer, schedule
+        self.settings, self.checkpoints, self.device = settings, checkpoints, device
         self.info = pipeline.data.info
-        self.memory_format = (
-            torch.channels_last if cfg.hardware.channels_last else torch.preserve_format
-        )
-        self.model = model.to(device, memory_format=self.memory_format)
-        self.step_model = torch.compile(self.model) if cfg.hardware.compile else self.model
-        self.epochs, self.batch_size, self.eval_batch_size = (
-            int(t.epochs),
-            int(t.batch_size),
-            int(t.eval_batch_size),
-        )
-        n = len(pipeline.data.train)
-        # A last batch of one sample would break BatchNorm in training mode: drop it.
-        self.steps_per_epoch = n // self.batch_size + (1 if n % self.batch_size > 1 else 0)
-        if self.steps_per_epoch == 0:
-            from orchard_app.errors import DataError
-
-            raise DataError(f"the training split has {n} sample(s); at least 2 are needed")
-        self.monitor, self.mode = str(t.monitor), monitor_mode(t)
-        self.patience = t.early_stop_patience
-        self.grad_clip = t.grad_clip
-        self.mixup_alpha = float(t.mixup_alpha)
-        self.label_smoothing = float(t.label_smoothing)
-        self.optimizer = build_optimizer(self.model, cfg.optimizer)
-        self.schedule = build_schedule(
-            self.optimizer,
-            cfg.scheduler,
-            float(cfg.optimizer.lr),
-            self.epochs,
-            self.steps_per_epoch,
-            self.mode,
-        )
-        self.amp_dtype = amp_dtype(cfg.hardware, device)
+        self.epochs, self.batch_size = settings.epochs, settings.batch_size
+        self.monitor, self.mode = settings.monitor, settings.mode
+        self.steps_per_epoch = steps_per_epoch(len(pipeline.data.train), self.batch_size)
+        self.amp_dtype = settings.amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.class_weight = self._class_weights() if t.class_weighted_loss else None
-        self.gen = torch.Generator().manual_seed(int(t.seed))  # data order, augmentation, mixup
-        self.checkpoint_dir = checkpoint_dir
-        self.fingerprint, self.config = fingerprint, config
-        self.callbacks = list(callbacks)
+        self.class_weight = self._class_weights() if settings.class_weighted_loss else None
+        self.gen = torch.Generator().manual_seed(settings.seed)  # data order, augmentation, mixup
+        self.callbacks, self.step_hooks = list(callbacks), list(step_hooks)
         self.stop = stop or StopSignals()
         self.state = TrainState()
         self.best_model_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: str | None = None
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """What fixes the epoch's steps; a mid-epoch resume needs the same (see `resume`)."""
+        return {"train_samples": len(self.pipeline.data.train), "batch_size": self.batch_size,
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainState:
@@ -157,6 +161,8 @@ class Engine:
             if self.schedule.interval == "step":
                 self.schedule.scheduler.step()
             s.step = k + 1
+            for hook in self.step_hooks:
+                hook(self)
             bar.update(1)
             if s.step - checked >= FINITE_CHECK_EVERY or s.step == steps or self.stop.requested:
                 self._check_finite(checked, s.step)
@@ -172,16 +178,16 @@ class Engine:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = y
-        if self.mixup_alpha > 0:
+        if self.settings.mixup_alpha > 0:
             x, target = self._mixup(x, y)
         with self._autocast():
             logits = self.step_model(x)
         loss = self._loss(logits.float(), target, train=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.grad_clip:
+        if self.settings.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip))
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
@@ -208,10 +214,10 @@ class Engine:
             self.best_model_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
-            save_checkpoint(self.checkpoint_dir / "best.pt", self._best_payload(record))
+            self.checkpoints.save("best.pt", self._best_payload(record))
         else:
             s.bad_epochs += 1
-        if self.patience and s.bad_epochs >= self.patience:
+        if self.settings.patience and s.bad_epochs >= self.settings.patience:
             s.stopped_early = True
         if self.schedule.interval == "epoch":
             self.schedule.scheduler.step()
@@ -224,12 +230,13 @@ class Engine:
         return record
 
     def _improves(self, value: float, val_loss: float) -> bool:
-        """Better on the monitor; on a tie (common for accuracy on small validation sets), lower val loss."""
+        """Better on the monitor; on a tie (common for accuracy on small validation sets), lower
+        val loss. A NaN is never better than anything, not even than no best at all."""
         s = self.state
-        if s.best_value is None:
-            return True
         if math.isnan(value):
             return False
+        if s.best_value is None:
+            return True
         if value == s.best_value and self.monitor != "val_loss":
             return val_loss < s.best_loss
         return value > s.best_value if self.mode == "max" else value < s.best_value
@@ -240,8 +247,8 @@ class Engine:
         """Metrics (with `loss`), probabilities and labels for a split, in one pass."""
         self.model.eval()
         probs, labels, loss_sum = [], [], 0.0
-        flips = [(), (3,)] + ([(2,)] if tta and self.cfg.dataset.augment.vflip else [])
-        for x, y in self.pipeline.eval_batches(split, self.eval_batch_size):
+        flips = [(), (3,)] + ([(2,)] if tta and self.settings.tta_vflip else [])
+        for x, y in self.pipeline.eval_batches(split, self.settings.eval_batch_size):
             views = flips if tta else [()]
             p = 0
             for dims in views:
@@ -263,6 +270,13 @@ class Engine:
 
     def load_best(self) -> None:
         """Put the best checkpoint's weights into the model (for the test evaluation)."""
+        if self.best_model_state is None and self.state.history:
+            raise NonFiniteLossError(
+                f"training.monitor={self.monitor} was NaN in all {len(self.state.history)} epochs, "
+                "so no epoch could be selected as the best (e.g. AUC is undefined on a validation "
+                "split with a single class).\n  Monitor another metric, e.g. "
+                "training.monitor=val_loss, or check the validation split."
+            )
         if self.best_model_state is None:
             raise CheckpointError("no best checkpoint: training ran no epoch")
         self.model.load_state_dict(self.best_model_state)
@@ -274,7 +288,7 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, train: bool) -> torch.Tensor:
-        smoothing = self.label_smoothing if train else 0.0
+        smoothing = self.settings.label_smoothing if train else 0.0
         weight = self.class_weight if train else None
         if self.info.multilabel:
             target = target.float()
@@ -285,7 +299,8 @@ class Engine:
 
     def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
-        lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
+        alpha = self.settings.mixup_alpha
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
         perm = torch.randperm(x.shape[0], generator=self.gen).to(x.device)
         target = y.float() if self.info.multilabel else F.one_hot(y, self.info.num_classes).float()
         return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
@@ -301,18 +316,25 @@ class Engine:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             k = start + int(bad[0])
-            last = self.checkpoint_dir / "last.pt"
+            last = self.checkpoints.last
             kept = (
-                f"The last good checkpoint is {last} (epoch {self.state.epoch})"
+                f"The last good checkpoint is {last} (epoch {self.state.epoch}); it was not "
+                "overwritten. Resuming from it keeps its weights but applies the optimizer "
+                "settings you pass now"
                 if last.exists()
                 else "No checkpoint was written yet"
             )
             raise NonFiniteLossError(
                 f"the training loss became {float(losses[k - start])} at epoch {self.state.epoch + 1}, "
-                f"step {k + 1}/{self.steps_per_epoch}. {kept}; it was not overwritten.\n"
-                f"  Try a lower optimizer.lr (now {self.cfg.optimizer.lr}), training.grad_clip=1.0"
+                f"step {k + 1}/{self.steps_per_epoch}. {kept}.\n"
+                f"  Try a lower optimizer.lr (now {self.base_lr():g}), training.grad_clip=1.0"
                 + (", or hardware.amp=false." if self.amp_dtype is not None else ".")
             )
+
+    def base_lr(self) -> float:
+        """optimizer.lr as in effect (schedules scale it step by step from this base)."""
+        group = self.optimizer.param_groups[0]
+        return float(group.get("initial_lr", group["lr"]))
 
     def _interrupted(self) -> TrainingInterrupted:
         import signal
@@ -323,9 +345,10 @@ class Engine:
             if s.step
             else f"the end of epoch {s.epoch}"
         )
-        last = (self.checkpoint_dir / "last.pt").resolve()
+        last = self.checkpoints.last.resolve()
+        saved = f"saved {last}" if self.checkpoints.enabled else "rank 0 saved last.pt"
         error = TrainingInterrupted(
-            f"stopped by {signal.Signals(signum).name} at {where}; saved {last}", signum
+            f"stopped by {signal.Signals(signum).name} at {where}; {saved}", signum
         )
         error.checkpoint = str(last)
         return error
@@ -345,19 +368,17 @@ class Engine:
             f"{r['seconds']:.1f}s  ETA {_duration(eta)}"
         )
         if s.stopped_early:
-            line += f"  (early stop: no improvement for {self.patience} epochs)"
+            line += f"  (early stop: no improvement for {self.settings.patience} epochs)"
         log.info("epoch", extra={"console": line, "fields": r})
 
     # ------------------------------------------------------------------ checkpoints
     def _best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "model": self.best_model_state, "epoch": record["epoch"],
-                "metrics": record, "config": self.config}  # fmt: skip
+        return {"model": self.best_model_state, "epoch": record["epoch"], "metrics": record}
 
     def save_last(self) -> None:
         s = self.state
         payload = {
-            "fingerprint": self.fingerprint,
-            "config": self.config,
+            "shape": self.shape,
             "model": self.model.state_dict(),
             "best_model": self.best_model_state,
             "optimizer": self.optimizer.state_dict(),
@@ -377,38 +398,114 @@ class Engine:
             },  # fmt: skip
             "rng": _rng_state(self.gen),
         }
-        save_checkpoint(self.checkpoint_dir / "last.pt", payload)
+        self.checkpoints.save("last.pt", payload)
 
     def resume(self, path: Path) -> None:
+        """Continue from a last.pt: refused when it is not this run's kind of checkpoint, when
+        the epoch's shape changed, or when it is incomplete; optimizer settings given now win."""
         ckpt = load_checkpoint(path)
-        check_compatible(ckpt["fingerprint"], self.fingerprint, path)
+        check_compatible(ckpt["fingerprint"], self.checkpoints.fingerprint, path)
         if "optimizer" not in ckpt:
             raise CheckpointError(
                 f"{path} holds model weights only (a best.pt); resume from last.pt of the same run"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.best_model_state = ckpt["best_model"]
-        st = ckpt["state"]
-        self.state = TrainState(
-            epoch=st["epoch"], step=st["step"], order=st["order"], best_value=st["best_value"],
-            best_epoch=st["best_epoch"], best_loss=st["best_loss"], bad_epochs=st["bad_epochs"], stopped_early=st["stopped_early"],
-            history=list(st["history"]),
-            epoch_losses=None if st["epoch_losses"] is None else st["epoch_losses"].to(self.device),
-        )  # fmt: skip
-        _set_rng_state(ckpt["rng"], self.gen)
+        try:
+            st = ckpt["state"]
+            self._check_shape(ckpt.get("shape") or {}, st, path)
+            self.model.load_state_dict(ckpt["model"])
+            fresh = _hyper_params(self.optimizer)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+            applied = _apply_hyper_params(self.optimizer, self.schedule, fresh)
+            self.scaler.load_state_dict(ckpt["scaler"])
+            best_model = ckpt["best_model"]
+            self.state = TrainState(
+                epoch=st["epoch"], step=st["step"], order=st["order"], best_value=st["best_value"],
+                best_epoch=st["best_epoch"], best_loss=st["best_loss"], bad_epochs=st["bad_epochs"],
+                stopped_early=st["stopped_early"], history=list(st["history"]),
+                epoch_losses=None if st["epoch_losses"] is None else st["epoch_losses"].to(self.device),
+            )  # fmt: skip
+            _set_rng_state(ckpt["rng"], self.gen)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+            raise CheckpointError(
+                f"{path} is not a complete checkpoint of this run ({type(e).__name__}: "
+                f"{_first_line(e)}).\n  Resume from the last.pt that this run wrote, or drop "
+                "training.resume to start fresh."
+            ) from None
+        self.best_model_state = best_model
         self.resumed_from = str(path)
-        changed = _changed_keys(ckpt.get("config") or {}, self.config)
         where = (
             f"epoch {st['epoch'] + 1}, step {st['step']}"
             if st["step"]
-            else f"after epoch {st['epoch']}"
+            else f"the end of epoch {st['epoch']}"
         )
         log.info("resumed from %s at %s", path, where)
+        for key, (old, new) in applied.items():
+            log.warning(
+                "resume: optimizer.%s=%s applied to the restored optimizer (the checkpoint had %s)",
+                key, new, old,
+            )  # fmt: skip
+        changed = _changed_keys(ckpt.get("config") or {}, self.checkpoints.config)
         if changed:
             log.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
+
+    def _check_shape(self, saved: dict[str, int], st: dict[str, Any], path: Path) -> None:
+        """Settings that fix the epoch's steps must match mid-epoch; a schedule that depends on
+        the number of epochs or steps must see the same numbers at any point."""
+        keys = list(self.schedule.depends_on)
+        if st["step"]:
+            keys += ["train_samples", "batch_size", "steps_per_epoch"]
+        now = self.shape
+        changed = [k for k in dict.fromkeys(keys) if k in saved and saved[k] != now[k]]
+        if changed:
+            names = {"train_samples": "training samples (dataset.max_samples)",
+                     "batch_size": "training.batch_size", "epochs": "training.epochs",
+                     "steps_per_epoch": "steps per epoch"}  # fmt: skip
+            diffs = "; ".join(
+                f"{names[k]}: {saved[k]} in the checkpoint, {now[k]} now" for k in changed
+            )
+            where = (
+                "in the middle of an epoch"
+                if st["step"]
+                else f"with scheduler {self.schedule.name}"
+            )
+            raise CheckpointError(
+                f"{path} cannot be resumed {where} with these settings: {diffs}.\n"
+                "  Resume with the checkpoint's values, or drop training.resume to start fresh."
+            )
+
+
+def _hyper_params(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    keys = ("initial_lr", "lr", "weight_decay", "momentum", "nesterov", "betas")
+    return [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+
+
+def _apply_hyper_params(optimizer, schedule: Schedule, fresh: list[dict]) -> dict[str, tuple]:
+    """After loading an optimizer's state, put back the hyper-parameters of the config in
+    effect now (so `optimizer.lr=...` on resume does what it says); the learning rate keeps
+    the schedule's position: every lr-like value is scaled by new base / old base."""
+    applied: dict[str, tuple] = {}
+    for i, (group, want) in enumerate(zip(optimizer.param_groups, fresh, strict=True)):
+        old_base = group.get("initial_lr", group["lr"])
+        new_base = want.get("initial_lr", want["lr"])
+        if old_base != new_base and old_base > 0:
+            ratio = new_base / old_base
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] = group[key] * ratio
+            if schedule.scheduler is not None and hasattr(schedule.scheduler, "base_lrs"):
+                schedule.scheduler.base_lrs[i] *= ratio
+            applied.setdefault("lr", (old_base, new_base))
+        for key in ("weight_decay", "momentum", "nesterov", "betas"):
+            if key in want and group.get(key) != want[key]:
+                applied.setdefault(key, (group[key], want[key]))
+                group[key] = want[key]
+    return applied
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:

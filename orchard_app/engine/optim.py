@@ -1,6 +1,7 @@
 """Optimisers and learning-rate schedules from `cfg.optimizer` / `cfg.scheduler`.
 
-Weight decay skips biases and normalisation weights (1-D parameters), the usual practice.
+Weight decay skips biases, normalisation weights and the parameters a model names in
+`no_weight_decay()` (ViT's position embedding and class token), as timm builds its groups.
 Each schedule says when it steps: every batch ("step"), every epoch ("epoch"), or on the
 monitored validation value ("plateau").
 """
@@ -14,15 +15,21 @@ import torch
 from torch.optim import lr_scheduler
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """[decayed, not decayed], by timm's rule (1-D parameters and `no_weight_decay()` names)."""
+    from timm.optim import param_groups_weight_decay
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    # Split with a non-zero decay so the two groups exist even at weight_decay=0 (a resume
+    # with another weight decay must find the same groups in the optimizer's state).
+    split = param_groups_weight_decay(model, 1.0, no_weight_decay_list=skip)
+    by_decay = {g["weight_decay"] > 0: g["params"] for g in split}
+    return [{"params": by_decay.get(True, []), "weight_decay": weight_decay},
+            {"params": by_decay.get(False, []), "weight_decay": 0.0}]  # fmt: skip
+
+
 def build_optimizer(model: torch.nn.Module, opt) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": float(opt.weight_decay)},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = parameter_groups(model, float(opt.weight_decay))
     lr = float(opt.lr)
     if opt.name == "sgd":
         return torch.optim.SGD(
@@ -30,6 +37,9 @@ def build_optimizer(model: torch.nn.Module, opt) -> torch.optim.Optimizer:
         )
     optim_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.name]
     return optim_cls(groups, lr=lr, betas=tuple(float(b) for b in opt.betas))
+
+
+BY_STEPS = ("epochs", "steps_per_epoch")
 
 
 class WarmupCosine:
@@ -50,6 +60,8 @@ class WarmupCosine:
 class Schedule:
     scheduler: object | None
     interval: str  # "step" | "epoch" | "plateau" | "none"
+    name: str = "none"
+    depends_on: tuple[str, ...] = ()  # run settings the schedule's course is computed from
 
     def state_dict(self) -> dict:
         return self.scheduler.state_dict() if self.scheduler is not None else {}
@@ -66,25 +78,25 @@ def build_schedule(
     warmup = int(round(float(sch.warmup_epochs) * steps_per_epoch))
     if sch.name == "cosine":
         factor = WarmupCosine(total, warmup, float(sch.min_lr) / lr)
-        return Schedule(lr_scheduler.LambdaLR(optimizer, factor), "step")
+        return Schedule(lr_scheduler.LambdaLR(optimizer, factor), "step", "cosine", BY_STEPS)
     if sch.name == "onecycle":
         pct = float(sch.warmup_epochs) / epochs if sch.warmup_epochs else 0.3
         max_lr = float(sch.max_lr) if sch.max_lr is not None else lr
         return Schedule(
             lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct),
-            "step",
-        )
+            "step", "onecycle", BY_STEPS,
+        )  # fmt: skip
     if sch.name == "multistep":  # the MedMNIST protocol: x0.1 at 50% and 75% of the epochs
         milestones = sorted({max(1, round(f * epochs)) for f in sch.milestones})
         return Schedule(
             lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=float(sch.gamma)),
-            "epoch",
-        )
+            "epoch", "multistep", ("epochs",),
+        )  # fmt: skip
     if sch.name == "step":
         return Schedule(
             lr_scheduler.StepLR(optimizer, step_size=int(sch.step_size), gamma=float(sch.gamma)),
-            "epoch",
-        )
+            "epoch", "step",
+        )  # fmt: skip
     if sch.name == "plateau":
         plateau = lr_scheduler.ReduceLROnPlateau(
             optimizer,
@@ -93,5 +105,5 @@ def build_schedule(
             patience=int(sch.patience),
             min_lr=float(sch.min_lr),
         )
-        return Schedule(plateau, "plateau")
+        return Schedule(plateau, "plateau", "plateau")
     return Schedule(None, "none")

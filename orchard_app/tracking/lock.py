@@ -17,7 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from orchard_app.errors import RunLockedError
+from orchard_app.atomic import atomic_write
+from orchard_app.errors import RunLockedError, StorageError
 from orchard_app.tracking.provenance import now
 
 LOCK_NAME = ".run.lock"
@@ -32,15 +33,19 @@ class RunLock:
         self._lock = FileLock(str(self.path), blocking=False)
 
     def __enter__(self) -> RunLock:
-        self.directory.mkdir(parents=True, exist_ok=True)
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
             raise RunLockedError(self._busy_message()) from None
+        except OSError as e:  # read-only or not ours: say so before anything else happens
+            raise StorageError(self.path, e) from None
         try:
-            _write_atomically(self.owner, _me())
-        except BaseException:
+            atomic_write(self.owner, json.dumps(_me()) + "\n")
+        except BaseException as e:
             self._lock.release()
+            if isinstance(e, OSError):
+                raise StorageError(self.owner, e) from None
             raise
         return self
 
@@ -78,9 +83,3 @@ class RunLock:
 
 def _me() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
-
-
-def _write_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)

@@ -89,13 +89,26 @@ def _formatter(last: list) -> logging.Formatter:
     )
 
 
-def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
+def setup_console_only(level: int = logging.WARNING) -> Callable[[], None]:
+    """Console only, from `level` up: the non-main processes of a multi-process run."""
+    return setup_logging(None, "", console_level=level)
+
+
+def setup_logging(
+    log_dir: Path | None, run_id: str, console_level: int = logging.INFO
+) -> Callable[[], None]:
     """Route all logging to the console, logs/run.log and logs/run.jsonl; returns the undo."""
     _configure_structlog()
-    log_dir.mkdir(parents=True, exist_ok=True)
     add_run_id = _add_run_id(run_id)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(_formatter([_for_people]))
+    console.setLevel(console_level)
+    ours = [console] if log_dir is None else [console, *_file_handlers(log_dir, add_run_id)]
+    return _install(ours, run_id)
+
+
+def _file_handlers(log_dir: Path, add_run_id) -> list[logging.Handler]:
+    log_dir.mkdir(parents=True, exist_ok=True)
     text = logging.FileHandler(log_dir / "run.log", encoding="utf-8")
     text.setFormatter(_formatter([_for_people]))
     jsonl = logging.FileHandler(log_dir / "run.jsonl", encoding="utf-8")
@@ -109,8 +122,10 @@ def setup_logging(log_dir: Path, run_id: str) -> Callable[[], None]:
             ]
         )
     )
-    ours = [console, text, jsonl]
+    return [text, jsonl]
 
+
+def _install(ours: list[logging.Handler], run_id: str) -> Callable[[], None]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     for handler in saved_handlers:  # Hydra's console handler would print every line twice

@@ -2,7 +2,8 @@
 
 Logged: params (the flattened resolved config), tags (dataset, model, git commit, config hash,
 run dir, run id), per-epoch metrics (step = epoch), final test metrics and the run's files as
-artifacts. The run ends FINISHED / FAILED / KILLED with the run's outcome. Imported only when
+artifacts. The run ends FINISHED / FAILED / KILLED by the run's outcome (outcomes.py; a
+pruned run is FINISHED), tagged `orchard.outcome` with the exact one. Imported only when
 tracking=mlflow (mlflow takes seconds to import).
 
 Once the run exists, an MLflow error while logging is a warning, not the end of the training:
@@ -24,9 +25,9 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
+from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
 from orchard_app.tracking.mlflow_store import connect
 from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_this_job
-from orchard_app.tracking.provenance import outcome
 
 log = logging.getLogger("orchard_app.tracking")
 
@@ -34,7 +35,7 @@ log = logging.getLogger("orchard_app.tracking")
 RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv")
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
 RECORD_ARTIFACTS = ("provenance.json", "requirements.txt", "logs", ".hydra")
-STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
 EPOCH_METRICS_SKIP = ("epoch",)
 
 
@@ -79,12 +80,15 @@ class MlflowTracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.run_id is None:
             return
-        status = STATUS[outcome(exc)]
+        outcome = outcome_of(exc)
         try:
             with self._tolerant("the run record (provenance, logs)"):
+                self.client.set_tag(self.run_id, OUTCOME_TAG, str(outcome))
+                if getattr(exc, "epoch", None) is not None:
+                    self.client.set_tag(self.run_id, "orchard.stopped_at_epoch", str(exc.epoch))
                 self.log_artifacts(RECORD_ARTIFACTS)
         finally:
-            self.client.set_terminated(self.run_id, status)
+            self.client.set_terminated(self.run_id, MLFLOW_STATUS[outcome])
             if self.parent_id is not None:
                 leave_sweep(self.client, self.experiment_id, self.parent_id, self.sweep[0])
 

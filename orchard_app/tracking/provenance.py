@@ -1,7 +1,7 @@
 """What a run needs to be found and reproduced months later: provenance.json and requirements.txt.
 
 provenance.json is rewritten at every status change (running -> completed / failed /
-interrupted), atomically, so it is current even when the run dies of an exception or a signal
+interrupted / pruned / requeued, see outcomes.py), atomically, so it is current even when the run dies of an exception or a signal
 (SIGTERM/SIGINT become TrainingInterrupted). Only kill -9 leaves `running` behind: a `running`
 run whose directory is not locked (lock.py) died that way.
 The package list comes from importlib.metadata (milliseconds), not a `pip freeze` subprocess.
@@ -23,7 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchard_app.errors import TrainingInterrupted
+from orchard_app.atomic import atomic_write
+from orchard_app.errors import StorageError
 
 KEY_PACKAGES = (
     "orchard_app", "torch", "torchvision", "timm", "numpy", "hydra-core", "omegaconf", "hydra-optuna-sweeper",
@@ -129,58 +130,81 @@ def device_info(device) -> dict[str, Any]:
     return info
 
 
-def outcome(exc: BaseException | None) -> str:
-    """The status a run ends with: completed, interrupted (a signal or Ctrl-C) or failed."""
-    if exc is None:
-        return "completed"
-    if isinstance(exc, TrainingInterrupted | KeyboardInterrupt):
-        return "interrupted"
-    return "failed"
-
-
 def _scheduler_env() -> dict[str, str]:
     return {k: v for k in SCHEDULER_ENV if (v := os.environ.get(k))}
 
 
 class Provenance:
-    """provenance.json of one run, rewritten atomically at every change."""
+    """provenance.json of one run directory, rewritten atomically at every change.
 
-    def __init__(self, path: Path, fields: dict[str, Any]):
+    A run continued in the same directory (`training.resume=auto` after a requeue or a
+    Ctrl-C) adds an attempt instead of overwriting the record: `attempts` lists each one's
+    start, end, outcome and host; the top-level fields describe the latest.
+    """
+
+    def __init__(self, path: Path, fields: dict[str, Any], resumed_from: str | None = None,
+                 continues: bool = False):  # fmt: skip
         self.path = path
         self._t0 = time.monotonic()
+        previous = read_provenance(path) if continues else None
+        attempt = {"attempt": 1, "started": now(), "finished": None, "outcome": "running",
+                   "host": socket.gethostname(), "pid": os.getpid(), "command": command_line(),
+                   **({"resumed_from": resumed_from} if resumed_from else {})}  # fmt: skip
+        if env := _scheduler_env():
+            attempt["env"] = env
+        attempts = list((previous or {}).get("attempts") or [])
+        attempt["attempt"] = len(attempts) + 1
         self.data: dict[str, Any] = {
             "status": "running",
-            "started": now(),
+            "started": (previous or {}).get("started") or attempt["started"],
             "finished": None,
-            "command": command_line(),
+            "command": attempt["command"],
             "rerun": rerun_command(),
             "cwd": os.getcwd(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            "host": attempt["host"],
+            "pid": attempt["pid"],
             "python_executable": sys.executable,
             "platform": platform.platform(),
             **git_state(),
             **fields,
             "versions": versions(),
+            "attempts": [*attempts, attempt],
         }
-        if env := _scheduler_env():
+        if env:
             self.data["env"] = env
         self.write()
+
+    @property
+    def attempt(self) -> dict[str, Any]:
+        return self.data["attempts"][-1]
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
         self.write()
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, outcome: str, error: str | None = None, **extra: Any) -> None:
         self.data["versions"] = versions()  # torch/cuda are known by now
+        finished = now()
+        self.attempt.update(finished=finished, outcome=outcome, **extra,
+                            **({"error": error} if error else {}))  # fmt: skip
+        self.data.pop("error", None)
         self.update(
-            status=status,
-            finished=now(),
+            status=outcome,
+            finished=finished,
             duration_seconds=round(time.monotonic() - self._t0, 1),
+            **extra,
             **({"error": error} if error else {}),
         )
 
     def write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            atomic_write(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+        except OSError as e:
+            raise StorageError(self.path, e) from None
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

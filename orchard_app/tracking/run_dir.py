@@ -1,9 +1,15 @@
 """One run directory for the life of a run: the lock, logging, provenance and the trackers.
 
-Entering takes the lock (lock.py), routes logging to the run dir, writes provenance.json
-(status `running`) and requirements.txt. Leaving records the outcome in provenance.json first,
-then closes the trackers (so the provenance they upload is final), then restores logging and
-releases the lock, in that order and even when a step fails.
+Entering first checks that the directory holds no other run's record (a finished run is only
+continued by a resume of its own last.pt), then takes the lock (lock.py), routes logging to the
+run dir, writes provenance.json (status `running`), requirements.txt and `.hydra/` (the
+composed config: written here, after the lock, so a refused run never touches another run's
+record). Leaving records the outcome in provenance.json first, then closes the trackers (so the
+provenance they upload is final), then restores logging and releases the lock, in that order
+and even when a step fails.
+
+Only the main process of a multi-process run does any of this; the others (`main=False`) use
+the same directory, write nothing and log only warnings and errors to the console.
 """
 
 from __future__ import annotations
@@ -14,48 +20,106 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchard_app.atomic import atomic_write
+from orchard_app.errors import RunDirError, StorageError
+from orchard_app.outcomes import outcome_of
 from orchard_app.tracking.lock import RunLock
-from orchard_app.tracking.logging import setup_logging
-from orchard_app.tracking.provenance import Provenance, outcome, requirements
+from orchard_app.tracking.logging import setup_console_only, setup_logging
+from orchard_app.tracking.provenance import Provenance, read_provenance, requirements
 
 log = logging.getLogger("orchard_app.tracking")
 
 
 class RunDirectory:
-    def __init__(self, path: Path, fields: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        fields: dict[str, Any],
+        resumed_from: str | None = None,
+        continues: bool = False,
+        main: bool = True,
+        job_config=None,
+    ):
         self.path = Path(path)
         self.fields = fields
+        self.resumed_from, self.continues = resumed_from, continues
+        self.main, self.job_config = main, job_config
         self.run_id = uuid.uuid4().hex[:12]
         self.provenance: Provenance | None = None
         self._stack = contextlib.ExitStack()  # lock, logging (released last)
         self._trackers = contextlib.ExitStack()  # closed after provenance is final
 
     def __enter__(self) -> RunDirectory:
+        if not self.main:
+            self._stack.callback(setup_console_only(logging.WARNING))
+            return self
+        self._refuse_another_runs_dir()
         with self._stack as stack:
             stack.enter_context(RunLock(self.path))
             stack.callback(setup_logging(self.path / "logs", self.run_id))
             self.provenance = Provenance(
-                self.path / "provenance.json", {"run_id": self.run_id, **self.fields}
-            )
-            (self.path / "requirements.txt").write_text(requirements())
+                self.path / "provenance.json", {"run_id": self.run_id, **self.fields},
+                resumed_from=self.resumed_from, continues=self.continues,
+            )  # fmt: skip
+            _write(self.path / "requirements.txt", requirements())
+            write_hydra_record(self.path, self.job_config)
             self._stack = stack.pop_all()
         return self
+
+    def _refuse_another_runs_dir(self) -> None:
+        """A directory that already holds a run's record is that run's: only its own resume
+        may write there (checked before anything is written, lock file included)."""
+        previous = read_provenance(self.path / "provenance.json")
+        if previous is None or self.continues:
+            return
+        raise RunDirError(
+            f"{self.path} already holds a run (status {previous.get('status')}, started "
+            f"{previous.get('started')}); a new run would overwrite its record.\n"
+            "  Continue that run with training.resume=auto, or start this one in a new "
+            "directory: leave hydra.run.dir at its default, which never collides."
+        )
 
     def track(self, tracker):
         """Enter a tracker (see `open_tracker`) for the rest of the run and return it; its
         `info` (e.g. the MLflow run id) goes into provenance.json."""
         tracker = self._trackers.enter_context(tracker)
-        if info := getattr(tracker, "info", None):
+        if self.provenance is not None and (info := getattr(tracker, "info", None)):
             self.provenance.update(tracking=info)
         return tracker
 
     def __exit__(self, exc_type, exc, tb) -> None:
         with self._stack:
             if self.provenance is not None:
-                status = outcome(exc)
                 error = None if exc is None else f"{type(exc).__name__}: {exc}"
-                self.provenance.finish(status, error)
+                extra = {"stopped_at_epoch": exc.epoch} if getattr(exc, "epoch", None) else {}
+                try:
+                    self.provenance.finish(str(outcome_of(exc)), error, **extra)
+                except StorageError as e:  # disk full: the run's own error is the one to report
+                    log.error("could not record the outcome in provenance.json: %s", e)
             try:
                 self._trackers.__exit__(exc_type, exc, tb)
             except Exception as e:  # the run's own outcome stands; the tracker's failure is logged
                 log.error("tracking: closing the run failed: %s: %s", type(e).__name__, e)
+
+
+def write_hydra_record(run_dir: Path, job_config) -> None:
+    """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra writes them (the app
+    sets `hydra.output_subdir: null` and writes them itself once it holds the run's lock)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if job_config is None or not HydraConfig.initialized():
+        return
+    hydra_root = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    out = run_dir / ".hydra"
+    out.mkdir(exist_ok=True)
+    _write(out / "config.yaml", OmegaConf.to_yaml(job_config))
+    _write(out / "hydra.yaml", OmegaConf.to_yaml(hydra_root))
+    _write(out / "overrides.yaml", OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        raise StorageError(path, e) from None

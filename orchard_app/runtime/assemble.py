@@ -1,0 +1,89 @@
+"""The one assembly of a run: config + run context -> data, model, pipeline, optimiser and
+schedule, checkpointer and engine. `train()`, the tests and `bench/` all build runs here, so a
+new part (a pruning callback, a DDP wrapper) is added in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orchard_app.config.resolvers import resolved_container
+from orchard_app.data.dataset import DataBundle, load_dataset
+from orchard_app.data.pipeline import BatchPipeline
+from orchard_app.engine.checkpoint import Checkpointer, fingerprint
+from orchard_app.engine.loop import (
+    Engine,
+    EngineSettings,
+    EpochCallback,
+    StepHook,
+    amp_dtype,
+    steps_per_epoch,
+)
+from orchard_app.engine.optim import build_optimizer, build_schedule
+from orchard_app.models import build_model
+from orchard_app.runtime.context import RunContext
+
+
+def monitor_direction(monitor: str, mode: str = "auto") -> str:  # MERGE: from config
+    return str(mode) if mode != "auto" else ("min" if str(monitor).endswith("loss") else "max")
+
+
+@dataclass
+class RunParts:
+    data: DataBundle
+    model: torch.nn.Module
+    pipeline: BatchPipeline
+    engine: Engine
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def engine_settings(cfg, device: torch.device) -> EngineSettings:
+    t = cfg.training
+    return EngineSettings(
+        epochs=int(t.epochs), batch_size=int(t.batch_size), eval_batch_size=int(t.eval_batch_size),
+        seed=int(t.seed), monitor=str(t.monitor), mode=monitor_direction(t.monitor, t.monitor_mode),
+        patience=t.early_stop_patience, grad_clip=None if t.grad_clip is None else float(t.grad_clip),
+        mixup_alpha=float(t.mixup_alpha), label_smoothing=float(t.label_smoothing),
+        class_weighted_loss=bool(t.class_weighted_loss), amp_dtype=amp_dtype(cfg.hardware, device),
+        tta_vflip=bool(cfg.dataset.augment.vflip),
+    )  # fmt: skip
+
+
+def assemble(
+    cfg,
+    ctx: RunContext,
+    config: dict[str, Any] | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    step_hooks: Sequence[StepHook] = (),
+) -> RunParts:
+    """Build every part of a run. `config` is the resolved config recorded in checkpoints
+    (resolved here when not given)."""
+    seed = int(cfg.training.seed)
+    data = load_dataset(cfg.dataset, seed=seed)
+    info = data.info
+    model = build_model(cfg.model, info.in_chans, info.num_classes, resolution=info.resolution)
+    hw = cfg.hardware
+    memory_format = torch.channels_last if hw.channels_last else torch.preserve_format
+    model = model.to(ctx.device, memory_format=memory_format)
+    pipeline = BatchPipeline(data, cfg.dataset, ctx.device, bool(hw.channels_last))
+    settings = engine_settings(cfg, ctx.device)
+    steps = steps_per_epoch(len(data.train), settings.batch_size)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    schedule = build_schedule(optimizer, cfg.scheduler, float(cfg.optimizer.lr), settings.epochs,
+                              steps, settings.mode)  # fmt: skip
+    checkpoints = Checkpointer(
+        ctx.run_dir / "checkpoints", fingerprint(cfg.model, info, model),
+        resolved_container(cfg) if config is None else config, enabled=ctx.is_main,
+    )  # fmt: skip
+    engine = Engine(
+        model, pipeline, optimizer, schedule, settings, checkpoints, ctx.device,
+        step_model=torch.compile(model) if hw.compile else None,
+        callbacks=callbacks, step_hooks=step_hooks, stop=ctx.stop,
+    )  # fmt: skip
+    return RunParts(data, model, pipeline, engine)

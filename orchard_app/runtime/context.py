@@ -1,0 +1,82 @@
+"""The run context: built once per process from `cfg.hardware` and the environment.
+
+It answers what every writer needs to know: which process this is (rank, world size, local
+rank, `is_main`), which device it trains on, which run directory it uses and how it stops
+(`stop`, the signal policy). Only the main process claims the run directory and writes there;
+the others use the same directory and write nothing (see `ranks.py` for the detection).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchard_app.engine.interrupts import StopSignals
+from orchard_app.errors import ConfigError
+from orchard_app.ranks import ProcessRank, process_rank
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    device: torch.device
+    process: ProcessRank = field(default_factory=ProcessRank)
+    stop: StopSignals = field(default_factory=StopSignals)
+
+    @property
+    def is_main(self) -> bool:
+        return self.process.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.process.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.process.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.process.local_rank
+
+    @classmethod
+    def create(cls, cfg, run_dir: str | Path, stop: StopSignals | None = None) -> RunContext:
+        """Seed, set threads and determinism, pick this process's device."""
+        process = process_rank()
+        device = setup_torch(cfg.hardware, int(cfg.training.seed), process.local_rank)
+        return cls(Path(run_dir), device, process, stop or StopSignals())
+
+
+def setup_torch(hardware, seed: int, local_rank: int = 0) -> torch.device:
+    """Seed everything, set threads and determinism, and pick the device."""
+    if hardware.num_threads:
+        torch.set_num_threads(int(hardware.num_threads))
+    if hardware.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:  # (only when needed: the call imports torch._inductor, ~2 s)
+        if torch.are_deterministic_algorithms_enabled():
+            torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    wanted = str(hardware.device)
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            [
+                f"hardware.device={wanted}: torch sees no CUDA device (torch {torch.__version__}, {build}); use hardware=cpu or hardware=auto"
+            ]
+        )
+    if wanted == "cuda":  # one GPU per process of a multi-process run
+        wanted = f"cuda:{local_rank}"
+    return torch.device(wanted)
