@@ -7,6 +7,7 @@ copied into the model.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +87,18 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same directory, then rename: never a half-written file;
-    a full disk or a read-only directory is one clear error, with the temp file removed."""
+    a full disk or a read-only directory is one clear error, with the temp file removed.
+
+    Serialised in memory first: torch's own file writer turns a full disk into assorted
+    RuntimeErrors ("iostream error", "unexpected pos"), Python's file write into an OSError."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({"format": FORMAT, **payload}, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
     except OSError as e:
         raise StorageError(path, e) from None
-    except (
-        RuntimeError
-    ) as e:  # torch wraps write errors: "[enforce fail ...] ... file write failed"
-        if "write" not in str(e).lower():
-            raise
-        raise StorageError(
-            path, OSError(28, "the file could not be written (disk full?)")
-        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
