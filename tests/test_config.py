@@ -7,6 +7,8 @@ import sys
 import pytest
 from conftest import ROOT, compose, run_cli
 
+from orchard_app.config import config_hash, experiment_view
+from orchard_app.config.resolvers import resolved_container
 from orchard_app.config.validate import validate
 from orchard_app.errors import ConfigError
 
@@ -43,6 +45,27 @@ def test_data_root_defaults_to_env_then_medmnist_home(monkeypatch):
     assert compose().dataset.root == "/data/medmnist"
     monkeypatch.delenv("ORCHARD_DATA_DIR")
     assert compose().dataset.root == "~/.medmnist"  # medmnist's own default: reuse its downloads
+
+
+def test_config_hash_names_the_experiment_not_the_machine(monkeypatch, tmp_path):
+    here = config_hash(compose("optimizer=sgd"))
+    monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("ORCHARD_CACHE_DIR", str(tmp_path / "cache"))
+    there = compose("optimizer=sgd", f"training.resume={tmp_path / 'last.pt'}", "tracking=mlflow",
+                    "tracking.uri=http://tracker:5000", "dataset.download=false",
+                    "dataset.mirror=https://mirror.example/medmnist")  # fmt: skip
+    assert there.dataset.root == str(tmp_path / "elsewhere")
+    assert config_hash(there) == here  # the run-dir name (orchard_hash) and provenance use it
+    assert config_hash(compose("optimizer=sgd", "optimizer.lr=0.1")) != here
+
+
+def test_experiment_view_drops_only_the_machine_keys():
+    job = resolved_container(compose())
+    view = experiment_view(job)
+    assert "tracking" not in view and "resume" not in view["training"]
+    assert not {"root", "cache_dir", "download", "mirror"} & set(view["dataset"])
+    assert view["dataset"]["name"] == "digits" and view["training"]["epochs"] == 20
+    assert job["tracking"]["name"] == "none" and "root" in job["dataset"]  # the input is untouched
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -11,16 +12,40 @@ from omegaconf import DictConfig, OmegaConf
 
 SHORT_HASH_LEN = 6
 
+# Keys that only locate things on this machine or only affect bookkeeping: the same experiment
+# run elsewhere, tracked elsewhere or resumed keeps its hash (dotted paths; a group drops whole).
+MACHINE_KEYS = (
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.download",
+    "dataset.mirror",
+    "tracking",
+    "training.resume",
+)
+
 
 def config_hash(cfg: DictConfig) -> str:
-    """BLAKE2b of the resolved job config (the `hydra` node excluded), as hex."""
+    """BLAKE2b of the resolved job config (`hydra` node and MACHINE_KEYS excluded), as hex."""
     return hash_container(resolved_container(cfg))
 
 
 def hash_container(job: dict[str, Any]) -> str:
-    """BLAKE2b of an already resolved config (see `resolved_container`), as hex."""
-    blob = json.dumps(job, sort_keys=True, separators=(",", ":"), default=str)
+    """BLAKE2b of `experiment_view(job)` for an already resolved config, as hex."""
+    blob = json.dumps(experiment_view(job), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def experiment_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved config without MACHINE_KEYS: what identifies the experiment."""
+    view = copy.deepcopy(job)
+    for key in MACHINE_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = view
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return view
 
 
 def _short_hash(*, _root_: DictConfig) -> str:
