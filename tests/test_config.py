@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 from conftest import ROOT, compose, run_cli
 
-from orchard_app.config import config_hash, experiment_view
+from orchard_app.config import config_hash, direction_of, experiment_view, monitor_direction
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.config.validate import validate
 from orchard_app.errors import ConfigError
@@ -66,6 +67,26 @@ def test_experiment_view_drops_only_the_machine_keys():
     assert not {"root", "cache_dir", "download", "mirror"} & set(view["dataset"])
     assert view["dataset"]["name"] == "digits" and view["training"]["epochs"] == 20
     assert job["tracking"]["name"] == "none" and "root" in job["dataset"]  # the input is untouched
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "direction"),
+    [("val_loss", "auto", "min"), ("val_accuracy", "auto", "max"), ("val_auc", "auto", "max"),
+     ("val_macro_f1", "auto", "max"), ("val_balanced_accuracy", "auto", "max"),
+     ("val_accuracy", "min", "min"), ("val_loss", "max", "max")],
+)  # fmt: skip
+def test_monitor_direction_min_for_a_loss_else_max_unless_told(monitor, mode, direction):
+    assert monitor_direction(monitor, mode) == direction
+    overrides = [f"training.monitor={monitor}", f"training.monitor_mode={mode}"]
+    assert direction_of(compose(*overrides)) == direction
+    with pytest.raises(ValueError, match="auto, min or max"):
+        monitor_direction(monitor, "up")
+
+
+def test_monitor_direction_is_read_without_torch():
+    code = "import sys; from orchard_app.config import monitor_direction; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 @pytest.mark.parametrize(
@@ -146,8 +167,6 @@ PROBE = (
     ],
 )
 def test_help_and_cfg_job_do_not_import_torch(args, tmp_path):
-    import subprocess
-
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         cwd=tmp_path,

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from orchard_app.config.monitor import direction_of, monitor_direction
 from orchard_app.config.resolvers import (
     MACHINE_KEYS,
     config_hash,
@@ -20,4 +21,12 @@ def register() -> None:
     register_resolvers()
 
 
-__all__ = ["CONF_DIR", "MACHINE_KEYS", "config_hash", "experiment_view", "register"]
+__all__ = [
+    "CONF_DIR",
+    "MACHINE_KEYS",
+    "config_hash",
+    "direction_of",
+    "experiment_view",
+    "monitor_direction",
+    "register",
+]
