@@ -7,10 +7,18 @@ import sys
 
 import pytest
 from conftest import ROOT, compose, run_cli
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from orchard_app.config import config_hash, direction_of, experiment_view, monitor_direction
+from orchard_app.config import (
+    choices,
+    config_hash,
+    direction_of,
+    experiment_view,
+    monitor_direction,
+)
 from orchard_app.config.resolvers import resolved_container
-from orchard_app.config.validate import validate
+from orchard_app.config.validate import _Rules, validate
 from orchard_app.errors import ConfigError
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "hardware", "tracking")
@@ -96,7 +104,6 @@ def test_monitor_direction_is_read_without_torch():
         ("optimizer.lr=-1", "optimizer.lr", "> 0"),
         ("training.batch_size=0", "training.batch_size", ">= 1"),
         ("dataset.resolution=32", "dataset.resolution", "28, 64, 128, 224"),
-        ("training.monitor=val_banana", "training.monitor", "val_accuracy"),
         ("hardware.device=gpu", "hardware.device", "cuda"),
         ("optimizer=adamw optimizer.nesterov=true", "optimizer.nesterov", "sgd"),
     ],
@@ -106,6 +113,46 @@ def test_invalid_values_are_reported_with_field_and_allowed_values(override, fie
         validate(compose(*override.split()))
     text = str(err.value)
     assert field in text and hint in text
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [("optimizer.name", choices.Optimizer), ("scheduler.name", choices.Scheduler),
+     ("dataset.source", choices.Source), ("dataset.task", choices.Task),
+     ("tracking.name", choices.Tracker), ("training.monitor", choices.Monitor),
+     ("training.monitor_mode", choices.MonitorMode), ("hardware.amp_dtype", choices.AmpDtype)],
+)  # fmt: skip
+def test_a_value_outside_its_list_is_refused_while_composing(key, kind):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(f"{key}=val_banana")
+    text = str(err.value.__cause__)
+    assert key in text and "'val_banana'" in text
+    assert all(f"'{o}'" in text for o in choices.options(kind))
+
+
+def test_list_values_stay_plain_strings():
+    cfg = compose("optimizer=sgd", "dataset=chestmnist", "tracking=mlflow")
+    assert type(cfg.optimizer.name) is str and cfg.optimizer.name == "sgd"
+    job = resolved_container(cfg)  # saved in checkpoints (weights_only loads), hashed, logged
+    picked = (job["optimizer"]["name"], job["dataset"]["task"], job["tracking"]["name"],
+              job["training"]["monitor"], job["hardware"]["amp_dtype"])  # fmt: skip
+    assert picked == ("sgd", "multi-label", "mlflow", "val_accuracy", "auto")
+    assert all(type(v) is str for v in picked)
+
+
+def test_validate_checks_the_lists_in_a_config_built_without_types():
+    job = resolved_container(compose())
+    job["optimizer"]["name"], job["dataset"]["task"] = "sgdd", None
+    with pytest.raises(ConfigError) as err:
+        validate(OmegaConf.create(job))
+    assert err.value.problems == ["optimizer.name=sgdd: must be one of sgd, adam, adamw"]
+
+
+def test_null_passes_a_rule_only_when_declared_nullable():
+    rules = _Rules(OmegaConf.create({"a": None}))
+    rules.check("a", lambda v: v > 0, "must be > 0, or null to disable")
+    rules.check("a", lambda v: v > 0, "must be > 0", nullable=True)
+    assert rules.problems == ["a=null: must be > 0, or null to disable"]
 
 
 def test_all_problems_are_reported_at_once():
@@ -143,6 +190,15 @@ def test_cli_misspelt_key_is_refused(tmp_path):
     result = run_cli("training.epoch=3", cwd=tmp_path)
     assert result.returncode != 0
     assert "epoch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_value_outside_its_list_is_one_message_without_traceback(tmp_path):
+    result = run_cli("optimizer.name=foo", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "optimizer.name" in result.stderr
+    assert "expected one of ['sgd', 'adam', 'adamw']" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()  # refused while composing, before the run dir
 
 
 def test_cli_unknown_group_option_lists_choices(tmp_path):

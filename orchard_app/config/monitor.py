@@ -3,9 +3,7 @@ read the direction without importing torch."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-Direction = Literal["min", "max"]
+from orchard_app.config.choices import Direction
 
 
 def monitor_direction(monitor: str, mode: str = "auto") -> Direction:
