@@ -201,6 +201,36 @@ def test_cli_value_outside_its_list_is_one_message_without_traceback(tmp_path):
     assert not (tmp_path / "outputs").exists()  # refused while composing, before the run dir
 
 
+@pytest.mark.parametrize("plus", ["+", "++"])
+def test_keys_added_with_plus_are_refused_by_validate(plus):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(f"{plus}training.epoch=3", f"{plus}evaluation.figurez.png=true"))
+    assert err.value.problems == [
+        "training.epoch: not a known key; did you mean training.epochs?",
+        "evaluation.figurez: not a known key; did you mean evaluation.figures?",
+    ]
+
+
+def test_unknown_key_without_a_near_name_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        validate(compose("+banana=1"))
+    assert err.value.problems == [
+        "banana: not a known key; the keys of the config are dataset, model, optimizer, "
+        "scheduler, hardware, tracking, training, evaluation"
+    ]
+
+
+def test_model_params_takes_any_key():
+    validate(compose("+model.params.width=32", "++model.params.depth=2"))
+
+
+def test_cli_refuses_a_key_added_with_plus(tmp_path):
+    result = run_cli("+training.epoch=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "training.epoch: not a known key; did you mean training.epochs?" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_cli_unknown_group_option_lists_choices(tmp_path):
     result = run_cli("model=resnet999", cwd=tmp_path)
     assert result.returncode != 0

@@ -2,8 +2,8 @@
 
 Hydra and the dataclass schema already reject unknown keys, wrong types and values outside a
 list (choices.py) while composing; these rules catch what a type cannot express (epochs=0,
-lr<0, a resolution a dataset or model does not have), and walk.py repeats the list checks for
-a config built without the schema's types. All problems are collected and reported together,
+lr<0, a resolution a dataset or model does not have). walk.py finds the keys Hydra's `+`/`++`
+add and repeats the list checks for a config built without the schema's types. All problems are collected and reported together,
 each naming the field, the value and what is allowed.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from orchard_app.config.walk import literal_mismatches
+from orchard_app.config.walk import literal_mismatches, unknown_keys
 from orchard_app.errors import ConfigError
 
 
@@ -54,6 +54,7 @@ def _show(value: object) -> str:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value; return quietly when all is well."""
     r = _Rules(cfg)
+    r.problems += unknown_keys(cfg)
     for key, value, allowed in literal_mismatches(cfg):
         r.fail(key, value, allowed)
     _training(r)

@@ -1,9 +1,11 @@
-"""Walk a config along the schema dataclasses, whatever built it: values outside a Literal's
-list (a config loaded from YAML has no types)."""
+"""Walk a config along the schema dataclasses, whatever built it: keys the schema lacks (Hydra's
+`+key=` and `++key=` add them even to a struct config) and values outside a Literal's list (a
+config loaded from YAML has no types)."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
@@ -52,6 +54,23 @@ def walk(cfg: DictConfig, cls: type = OrchardConfig, prefix: str = "") -> Iterat
             yield from walk(cfg[key], base, path + ".")
         else:
             yield path, hint, tuple(fields)
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """'<key>: not a known key; did you mean <nearest>?' for each key the schema lacks."""
+    problems = []
+    for path, hint, known in walk(cfg):
+        if hint is not None:
+            continue
+        parent, _, key = path.rpartition(".")
+        where = f"{parent}." if parent else ""
+        near = difflib.get_close_matches(key, known, n=1)
+        if near:
+            fix = f"did you mean {where}{near[0]}?"
+        else:
+            fix = f"the keys of {parent or 'the config'} are {', '.join(known)}"
+        problems.append(f"{path}: not a known key; {fix}")
+    return problems
 
 
 def literal_mismatches(cfg: DictConfig) -> list[tuple[str, Any, str]]:
