@@ -155,6 +155,22 @@ def test_null_passes_a_rule_only_when_declared_nullable():
     assert rules.problems == ["a=null: must be > 0, or null to disable"]
 
 
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [("optimizer.lr=inf", "optimizer.lr=inf: must be a finite number > 0, e.g. optimizer.lr=1e-3"),
+     ("optimizer.lr=nan", "optimizer.lr=nan: must be a finite number > 0, e.g. optimizer.lr=1e-3"),
+     ("scheduler.gamma=-inf", "scheduler.gamma=-inf: must be a finite number in (0, 1]"),
+     ("training.grad_clip=inf", "training.grad_clip=inf: must be a finite number > 0 (max gradient norm), or null to disable"),
+     ("dataset.augment.rotation=nan", "dataset.augment.rotation=nan: must be a finite number in [0, 180] degrees"),
+     ("dataset.mean=inf", "dataset.mean=inf: must be a finite number"),  # no range rule of its own
+     ("optimizer.betas=[0.9,inf]", "optimizer.betas=[0.9, inf]: must be finite numbers: two values in [0, 1), e.g. [0.9,0.999]")],
+)  # fmt: skip
+def test_nan_and_inf_are_refused_in_float_fields(override, problem):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(override))
+    assert err.value.problems == [problem]
+
+
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
         validate(compose("training.epochs=0", "optimizer.lr=-1"))

@@ -3,8 +3,9 @@
 Hydra and the dataclass schema already reject unknown keys, wrong types and values outside a
 list (choices.py) while composing; these rules catch what a type cannot express (epochs=0,
 lr<0, a resolution a dataset or model does not have). walk.py finds the keys Hydra's `+`/`++`
-add and repeats the list checks for a config built without the schema's types. All problems are collected and reported together,
-each naming the field, the value and what is allowed.
+add, nan/inf in any float field, and repeats the list checks for a config built without types.
+All problems are collected and reported together, each naming the field, the value and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from orchard_app.config.walk import literal_mismatches, unknown_keys
+from orchard_app.config.walk import literal_mismatches, nonfinite_floats, unknown_keys
 from orchard_app.errors import ConfigError
 
 
@@ -23,6 +24,7 @@ class _Rules:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.problems: list[str] = []
+        self.nonfinite = nonfinite_floats(cfg)  # reported once, by their rule when they have one
 
     def get(self, key: str):
         return OmegaConf.select(self.cfg, key, throw_on_missing=False)
@@ -33,6 +35,9 @@ class _Rules:
         """Report `key` unless ok(value); a null passes only when `nullable`."""
         value = self.get(key)
         if value is None and nullable:
+            return
+        if self.nonfinite.pop(key, None) is not None:
+            self.fail(key, value, _finite(allowed, many=OmegaConf.is_list(value)))
             return
         try:
             good = ok(value)
@@ -51,6 +56,13 @@ def _show(value: object) -> str:
     return "null" if value is None else str(value)
 
 
+def _finite(allowed: str, many: bool) -> str:
+    """'must be > 0' -> 'must be a finite number > 0' ('must be finite numbers: ...' for lists)."""
+    head = "must be "
+    rest = allowed.removeprefix(head) if allowed.startswith(head) else f"and {allowed}"
+    return head + ("finite numbers: " if many else "a finite number ") + rest
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value; return quietly when all is well."""
     r = _Rules(cfg)
@@ -64,6 +76,8 @@ def validate(cfg: DictConfig) -> None:
     _model(r)
     _hardware(r)
     r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
+    for key, value in r.nonfinite.items():  # float fields without a rule of their own
+        r.fail(key, value, "must be a finite number")
     if r.problems:
         raise ConfigError(r.problems)
 

@@ -1,12 +1,13 @@
 """Walk a config along the schema dataclasses, whatever built it: keys the schema lacks (Hydra's
-`+key=` and `++key=` add them even to a struct config) and values outside a Literal's list (a
-config loaded from YAML has no types)."""
+`+key=` and `++key=` add them even to a struct config), values outside a Literal's list (a
+config loaded from YAML has no types) and nan/inf in float fields."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from collections.abc import Iterator
@@ -86,3 +87,16 @@ def literal_mismatches(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             listed = ", ".join(allowed) + (", or null" if nullable else "")
             problems.append((path, value, f"must be one of {listed}"))
     return problems
+
+
+def nonfinite_floats(cfg: DictConfig) -> dict[str, Any]:
+    """{dotted key: value} for float fields (or lists of floats) holding nan or inf."""
+    found = {}
+    for path, hint, _ in walk(cfg):
+        base = _strip_optional(hint)[0]
+        if base is float or (typing.get_origin(base) is list and typing.get_args(base) == (float,)):
+            value = OmegaConf.select(cfg, path, throw_on_missing=False)
+            items = value if OmegaConf.is_list(value) or isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                found[path] = value
+    return found
