@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose, run_cli
+from conftest import ROOT, compose, make_npz, only_run_dir, run_cli, tiny_overrides
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -17,7 +17,7 @@ from orchard_app.config import (
     experiment_view,
     monitor_direction,
 )
-from orchard_app.config.resolvers import resolved_container
+from orchard_app.config.resolvers import SLUG_MAX_LEN, resolved_container, slug
 from orchard_app.config.validate import _Rules, validate
 from orchard_app.errors import ConfigError
 
@@ -245,6 +245,27 @@ def test_cli_refuses_a_key_added_with_plus(tmp_path):
     assert result.returncode == 2
     assert "training.epoch: not a known key; did you mean training.epochs?" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [("bloodmnist", "bloodmnist"), ("../../../x", "_.._.._x"), ("a/b\\c", "a_b_c"),
+     (".hidden", "hidden"), ("..", "_"), ("hf_hub:timm/vit+x-1.0", "hf_hub_timm_vit+x-1.0"),
+     ("x" * 300, "x" * SLUG_MAX_LEN)],
+)  # fmt: skip
+def test_slug_makes_a_name_one_safe_path_component(name, safe):
+    assert slug(name) == safe
+
+
+def test_run_dir_stays_under_outputs_whatever_the_dataset_name(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    npz = make_npz(tmp_path / "tiny.npz")
+    result = run_cli(*tiny_overrides(npz, "dataset.name=../../../x"), cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert only_run_dir(work).name.startswith("_.._.._x_mini_cnn_")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.npz", "work"]
+    assert sorted(p.name for p in work.iterdir()) == ["outputs"]
 
 
 def test_cli_unknown_group_option_lists_choices(tmp_path):

@@ -1,16 +1,19 @@
-"""OmegaConf resolvers used in run-directory names: the config hash and a collision-free claim."""
+"""OmegaConf resolvers used in run-directory names: the config hash, path-safe name parts and a
+collision-free claim."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 SHORT_HASH_LEN = 6
+SLUG_MAX_LEN = 64
 
 # Keys that only locate things on this machine or only affect bookkeeping: the same experiment
 # run elsewhere, tracked elsewhere or resumed keeps its hash (dotted paths; a group drops whole).
@@ -52,6 +55,13 @@ def _short_hash(*, _root_: DictConfig) -> str:
     return config_hash(_root_)[:SHORT_HASH_LEN]
 
 
+def slug(value: object) -> str:
+    """A user-given name made safe as one path component: [A-Za-z0-9._+-] kept, anything else
+    (`/` and `\\` too) turned into `_`, leading dots stripped, at most SLUG_MAX_LEN characters."""
+    text = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value)).lstrip(".")[:SLUG_MAX_LEN]
+    return text or "_"
+
+
 def claim_unique_dir(path: str) -> str:
     """Create `path` (or `path-2`, `path-3`, ...) with an exclusive mkdir and return it.
 
@@ -85,6 +95,7 @@ def _claim_once(path: str) -> str:
 
 def register_resolvers() -> None:
     OmegaConf.register_resolver("orchard_hash", _short_hash, replace=True)
+    OmegaConf.register_resolver("orchard_slug", slug, replace=True)
     OmegaConf.register_resolver("orchard_unique", _claim_once, use_cache=True, replace=True)
 
 
