@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from orchard_app.config.resolvers import SHORT_HASH_LEN, hash_container, resolved_container
+from orchard_app.config.resolvers import (
+    SHORT_HASH_LEN,
+    experiment_view,
+    hash_container,
+    resolved_container,
+)
 from orchard_app.config.validate import validate
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.engine.loop import Engine, EpochCallback, StepHook
@@ -79,6 +84,10 @@ def train(
         log.info("model %s: %s parameters on %s", cfg.model.name, f"{parts.n_params:,}", ctx.device)
         if resume is not None:
             engine.resume(resume)
+            if changed := changed_keys(
+                experiment_view(engine.resumed_config), experiment_view(config)
+            ):
+                log.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
 
         progress.phase = "training"
         started = time.perf_counter()
@@ -117,6 +126,19 @@ def resume_target(resume: str | None, run_dir: Path) -> tuple[Path | None, bool]
         return (last if last.is_file() else None), True
     path = Path(os.path.expanduser(str(resume)))
     return path, path.resolve().is_relative_to(Path(run_dir).resolve())
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key (old -> new)` for every leaf that differs between two resolved configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name} ({a} -> {b})")
+    return out
 
 
 class Progress:

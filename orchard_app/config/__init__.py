@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
-from orchard_app.config.resolvers import config_hash, register_resolvers
+from orchard_app.config.monitor import direction_of, monitor_direction
+from orchard_app.config.resolvers import (
+    MACHINE_KEYS,
+    config_hash,
+    experiment_view,
+    register_resolvers,
+)
 from orchard_app.config.schema import register as register_schema
 
 # conf/ sits beside the package in a checkout (installs are editable: `pip install -e .`).
@@ -15,4 +21,12 @@ def register() -> None:
     register_resolvers()
 
 
-__all__ = ["CONF_DIR", "config_hash", "register"]
+__all__ = [
+    "CONF_DIR",
+    "MACHINE_KEYS",
+    "config_hash",
+    "direction_of",
+    "experiment_view",
+    "monitor_direction",
+    "register",
+]

@@ -1,10 +1,13 @@
-"""OmegaConf resolvers used in run-directory names: the config hash and a collision-free claim."""
+"""OmegaConf resolvers used in run-directory names: the config hash, path-safe name parts and a
+collision-free claim."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,21 +18,53 @@ from orchard_app.atomic import atomic_write
 from orchard_app.ranks import process_rank
 
 SHORT_HASH_LEN = 6
+SLUG_MAX_LEN = 64
+
+# Keys that only locate things on this machine or only affect bookkeeping: the same experiment
+# run elsewhere, tracked elsewhere or resumed keeps its hash (dotted paths; a group drops whole).
+MACHINE_KEYS = (
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.download",
+    "dataset.mirror",
+    "tracking",
+    "training.resume",
+)
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """BLAKE2b of the resolved job config (the `hydra` node excluded), as hex."""
+    """BLAKE2b of the resolved job config (`hydra` node and MACHINE_KEYS excluded), as hex."""
     return hash_container(resolved_container(cfg))
 
 
 def hash_container(job: dict[str, Any]) -> str:
-    """BLAKE2b of an already resolved config (see `resolved_container`), as hex."""
-    blob = json.dumps(job, sort_keys=True, separators=(",", ":"), default=str)
+    """BLAKE2b of `experiment_view(job)` for an already resolved config, as hex."""
+    blob = json.dumps(experiment_view(job), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def experiment_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved config without MACHINE_KEYS: what identifies the experiment."""
+    view = copy.deepcopy(job)
+    for key in MACHINE_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = view
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return view
 
 
 def _short_hash(*, _root_: DictConfig) -> str:
     return config_hash(_root_)[:SHORT_HASH_LEN]
+
+
+def slug(value: object) -> str:
+    """A user-given name made safe as one path component: [A-Za-z0-9._+-] kept, anything else
+    (`/` and `\\` too) turned into `_`, leading dots stripped, at most SLUG_MAX_LEN characters."""
+    text = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value)).lstrip(".")[:SLUG_MAX_LEN]
+    return text or "_"
 
 
 def claim_unique_dir(path: str) -> str:
@@ -110,6 +145,7 @@ def drop_unused_claims() -> None:
 
 def register_resolvers() -> None:
     OmegaConf.register_resolver("orchard_hash", _short_hash, replace=True)
+    OmegaConf.register_resolver("orchard_slug", slug, replace=True)
     OmegaConf.register_resolver("orchard_unique", _claim_once, use_cache=True, replace=True)
 
 

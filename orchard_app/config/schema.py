@@ -1,8 +1,9 @@
 """Dataclass schemas for every config group, registered in Hydra's ConfigStore.
 
-The top-level `OrchardConfig` types each group, so Hydra rejects a misspelt key or a value of
-the wrong type while composing. Range and cross-field rules live in `validate.py`. Nothing here
-imports torch: `--help`, `--cfg job` and validation stay fast.
+The top-level `OrchardConfig` types each group, so Hydra rejects a misspelt key, a value of
+the wrong type or one outside its list (`choices.py`) while composing. Range and cross-field
+rules live in `validate.py`. Nothing here imports torch: `--help`, `--cfg job` and validation
+stay fast.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from orchard_app.config.choices import (
+    AmpDtype,
+    Monitor,
+    MonitorMode,
+    Optimizer,
+    Scheduler,
+    Source,
+    Task,
+    Tracker,
+)
 
 MEDMNIST_RESOLUTIONS = [28, 64, 128, 224]
 
@@ -33,14 +45,14 @@ class AugmentConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING  # digits, bloodmnist, ..., or npz for a file of your own
-    source: str = MISSING  # digits (embedded) | medmnist (official files) | npz (dataset.path)
+    source: Source = MISSING
     root: str = "${oc.env:ORCHARD_DATA_DIR,'~/.medmnist'}"
     resolution: int = 28
     resolutions: list[int] | None = field(
         default_factory=lambda: list(MEDMNIST_RESOLUTIONS)
     )  # null = any
     path: str | None = None  # npz only: the file
-    task: str | None = None  # multi-class | binary | multi-label | ordinal (inferred when null)
+    task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports
     max_samples: int | None = None  # cap on training samples (stratified)
     force_rgb: bool = False  # replicate grayscale to 3 channels
@@ -68,7 +80,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING  # sgd | adam | adamw
+    name: Optimizer = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
@@ -78,7 +90,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = MISSING  # cosine | multistep | step | plateau | onecycle | none
+    name: Scheduler = MISSING
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
@@ -94,14 +106,14 @@ class HardwareConfig:
     deterministic: bool = False
     num_threads: int | None = None  # torch intra-op threads; null = torch's default
     amp: bool = False  # mixed precision: bf16 on CPU, amp_dtype on CUDA
-    amp_dtype: str = "auto"  # auto | bf16 | fp16 (CUDA)
+    amp_dtype: AmpDtype = "auto"
     channels_last: bool = False
     compile: bool = False
 
 
 @dataclass
 class TrackingConfig:
-    name: str = "none"  # none | mlflow
+    name: Tracker = "none"
     uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "orchard_app"
     artifact_location: str | None = None  # null: mlartifacts/ beside a SQLite DB
@@ -114,8 +126,8 @@ class TrainingConfig:
     eval_batch_size: int = 512
     seed: int = 42
     resume: str | None = None  # a checkpoint (last.pt) to continue from, or auto (see README)
-    monitor: str = "val_accuracy"  # val_<metric> that picks best.pt and that train() returns
-    monitor_mode: str = "auto"  # auto (min for loss, max otherwise) | min | max
+    monitor: Monitor = "val_accuracy"  # picks best.pt; train() returns its best value
+    monitor_mode: MonitorMode = "auto"
     early_stop_patience: int | None = None  # epochs without improvement; null = off
     grad_clip: float | None = None  # max gradient norm; null = off
     label_smoothing: float = 0.0

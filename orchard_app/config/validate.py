@@ -1,9 +1,11 @@
 """Range and cross-field rules, checked before any data or model is touched.
 
-Hydra and the dataclass schema already reject unknown keys and wrong types while composing;
-these rules catch what a type cannot express (epochs=0, lr<0, a resolution a dataset or model
-does not have). All problems are collected and reported together, each naming the field,
-the value and what is allowed.
+Hydra and the dataclass schema already reject unknown keys, wrong types and values outside a
+list (choices.py) while composing; these rules catch what a type cannot express (epochs=0,
+lr<0, a resolution a dataset or model does not have). walk.py finds the keys Hydra's `+`/`++`
+add, nan/inf in any float field, and repeats the list checks for a config built without types.
+All problems are collected and reported together, each naming the field, the value and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -14,27 +16,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from orchard_app.config.walk import literal_mismatches, nonfinite_floats, unknown_keys
 from orchard_app.errors import ConfigError
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("cosine", "multistep", "step", "plateau", "onecycle", "none")
-SOURCES = ("digits", "medmnist", "npz")
-TASKS = ("multi-class", "binary", "multi-label", "ordinal")
-METRICS = ("loss", "accuracy", "balanced_accuracy", "auc", "macro_f1")
-TRACKERS = ("none", "mlflow")
 
 
 class _Rules:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.problems: list[str] = []
+        self.nonfinite = nonfinite_floats(cfg)  # reported once, by their rule when they have one
 
     def get(self, key: str):
         return OmegaConf.select(self.cfg, key, throw_on_missing=False)
 
-    def check(self, key: str, ok: Callable[[object], bool], allowed: str) -> None:
+    def check(
+        self, key: str, ok: Callable[[object], bool], allowed: str, nullable: bool = False
+    ) -> None:
+        """Report `key` unless ok(value); a null passes only when `nullable`."""
         value = self.get(key)
-        if value is None and "or null" in allowed:
+        if value is None and nullable:
+            return
+        if self.nonfinite.pop(key, None) is not None:
+            self.fail(key, value, _finite(allowed, many=OmegaConf.is_list(value)))
             return
         try:
             good = ok(value)
@@ -53,21 +56,28 @@ def _show(value: object) -> str:
     return "null" if value is None else str(value)
 
 
-def _one_of(options) -> tuple[Callable[[object], bool], str]:
-    return (lambda v: v in options), "must be one of " + ", ".join(map(str, options))
+def _finite(allowed: str, many: bool) -> str:
+    """'must be > 0' -> 'must be a finite number > 0' ('must be finite numbers: ...' for lists)."""
+    head = "must be "
+    rest = allowed.removeprefix(head) if allowed.startswith(head) else f"and {allowed}"
+    return head + ("finite numbers: " if many else "a finite number ") + rest
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value; return quietly when all is well."""
     r = _Rules(cfg)
+    r.problems += unknown_keys(cfg)
+    for key, value, allowed in literal_mismatches(cfg):
+        r.fail(key, value, allowed)
     _training(r)
     _optimizer(r)
     _scheduler(r)
     _dataset(r)
     _model(r)
     _hardware(r)
-    r.check("tracking.name", *_one_of(TRACKERS))
     r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
+    for key, value in r.nonfinite.items():  # float fields without a rule of their own
+        r.fail(key, value, "must be a finite number")
     if r.problems:
         raise ConfigError(r.problems)
 
@@ -82,16 +92,16 @@ def _training(r: _Rules) -> None:
     r.check("training.eval_batch_size", lambda v: v >= 1, "must be an integer >= 1")
     r.check("training.seed", lambda v: v >= 0, "must be an integer >= 0")
     r.check(
-        "training.monitor",
-        lambda v: v.startswith("val_") and v[4:] in METRICS,
-        "must be one of " + ", ".join(f"val_{m}" for m in METRICS),
-    )
-    r.check("training.monitor_mode", *_one_of(("auto", "min", "max")))
-    r.check(
-        "training.early_stop_patience", lambda v: v >= 1, "must be >= 1 epoch, or null to disable"
+        "training.early_stop_patience",
+        lambda v: v >= 1,
+        "must be >= 1 epoch, or null to disable",
+        nullable=True,
     )
     r.check(
-        "training.grad_clip", lambda v: v > 0, "must be > 0 (max gradient norm), or null to disable"
+        "training.grad_clip",
+        lambda v: v > 0,
+        "must be > 0 (max gradient norm), or null to disable",
+        nullable=True,
     )
     r.check("training.label_smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
     r.check("training.mixup_alpha", lambda v: v >= 0, "must be >= 0 (0 = no mixup)")
@@ -106,7 +116,6 @@ def _training(r: _Rules) -> None:
 
 
 def _optimizer(r: _Rules) -> None:
-    r.check("optimizer.name", *_one_of(OPTIMIZERS))
     r.check("optimizer.lr", lambda v: v > 0, "must be > 0, e.g. optimizer.lr=1e-3")
     r.check("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0")
     r.check("optimizer.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)")
@@ -126,7 +135,6 @@ def _optimizer(r: _Rules) -> None:
 
 
 def _scheduler(r: _Rules) -> None:
-    r.check("scheduler.name", *_one_of(SCHEDULERS))
     epochs = r.get("training.epochs")
     epochs_ok = isinstance(epochs, int) and epochs >= 1  # else already reported; do not cascade
     r.check(
@@ -149,16 +157,15 @@ def _scheduler(r: _Rules) -> None:
     r.check("scheduler.gamma", lambda v: 0 < v <= 1, "must be in (0, 1]")
     r.check("scheduler.step_size", lambda v: v >= 1, "must be >= 1 epoch")
     r.check("scheduler.patience", lambda v: v >= 0, "must be >= 0 epochs")
-    r.check("scheduler.max_lr", lambda v: v > 0, "must be > 0, or null to use optimizer.lr")
+    r.check(
+        "scheduler.max_lr",
+        lambda v: v > 0,
+        "must be > 0, or null to use optimizer.lr",
+        nullable=True,
+    )
 
 
 def _dataset(r: _Rules) -> None:
-    r.check("dataset.source", *_one_of(SOURCES))
-    r.check(
-        "dataset.task",
-        lambda v: v in TASKS,
-        "must be one of " + ", ".join(TASKS) + ", or null to infer it",
-    )
     source, name, res = r.get("dataset.source"), r.get("dataset.name"), r.get("dataset.resolution")
     allowed = r.get("dataset.resolutions")
     if allowed is not None and res not in allowed:
@@ -178,6 +185,7 @@ def _dataset(r: _Rules) -> None:
         "dataset.max_samples",
         lambda v: v >= 1,
         "must be >= 1, or null for the whole training split",
+        nullable=True,
     )
     r.check("dataset.std", lambda v: v > 0, "must be > 0")
     r.check("dataset.augment.rotation", lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
@@ -237,8 +245,12 @@ def _hardware(r: _Rules) -> None:
         lambda v: v in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", v) is not None,
         "must be cpu, cuda, cuda:<index> or auto",
     )
-    r.check("hardware.num_threads", lambda v: v >= 1, "must be >= 1, or null for torch's default")
-    r.check("hardware.amp_dtype", *_one_of(("auto", "bf16", "fp16")))
+    r.check(
+        "hardware.num_threads",
+        lambda v: v >= 1,
+        "must be >= 1, or null for torch's default",
+        nullable=True,
+    )
     if (
         r.get("hardware.amp")
         and r.get("hardware.amp_dtype") == "fp16"

@@ -122,6 +122,7 @@ class Engine:
         self.state = TrainState()
         self.best_model_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: str | None = None
+        self.resumed_config: dict[str, Any] = {}  # the config recorded in the resumed checkpoint
 
     @property
     def shape(self) -> dict[str, int]:
@@ -445,9 +446,7 @@ class Engine:
                 "resume: optimizer.%s=%s applied to the restored optimizer (the checkpoint had %s)",
                 key, new, old,
             )  # fmt: skip
-        changed = _changed_keys(ckpt.get("config") or {}, self.checkpoints.config)
-        if changed:
-            log.warning("config differs from the checkpoint's in: %s", ", ".join(changed))
+        self.resumed_config = ckpt.get("config") or {}
 
     def _check_shape(self, saved: dict[str, int], st: dict[str, Any], path: Path) -> None:
         """Settings that fix the epoch's steps must match mid-epoch; a schedule that depends on
@@ -535,18 +534,6 @@ def _set_rng_state(rng: dict[str, Any], gen: torch.Generator) -> None:
     st = dict(rng["numpy"])
     st["state"] = {"key": np.array(st["state"]["key"], dtype=np.uint32), "pos": st["state"]["pos"]}
     np.random.set_state(st)
-
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_keys(a, b, name + ".")
-        elif a != b and name != "training.resume":
-            out.append(f"{name} ({a} -> {b})")
-    return out
 
 
 def _duration(seconds: float) -> str:

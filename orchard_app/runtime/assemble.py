@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from orchard_app.config import monitor_direction
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.data.dataset import DataBundle, load_dataset
 from orchard_app.data.pipeline import BatchPipeline
@@ -25,10 +26,6 @@ from orchard_app.engine.loop import (
 from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.models import build_model
 from orchard_app.runtime.context import RunContext
-
-
-def monitor_direction(monitor: str, mode: str = "auto") -> str:  # MERGE: from config
-    return str(mode) if mode != "auto" else ("min" if str(monitor).endswith("loss") else "max")
 
 
 @dataclass
