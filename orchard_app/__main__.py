@@ -1,11 +1,20 @@
 """Command line: `python -m orchard_app [group=option] [key=value] [-m for sweeps]`."""
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig
 
 from orchard_app.config import CONF_DIR, register
 
 register()
+# Hydra 1.4 warns when it instantiates a config `_target_` without an execution whitelist
+# from code; ours (the sweep-summary callback) are the app's own classes, named in conf/.
+warnings.filterwarnings(
+    "ignore",
+    message=r"hydra\.utils\.instantiate\(\) resolved _target_='orchard_app\.",
+    category=UserWarning,
+)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")

@@ -27,13 +27,17 @@ def run_job(cfg: DictConfig) -> float:
 
     multirun = sweep_dir_of_job() is not None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    trial = None
     try:
         from orchard_app.config.validate import validate
 
+        trial = _study_trial()  # first: a trial whose sampled values are invalid fails as such
         validate(cfg)  # before torch is even imported
+        if trial is not None:
+            _job_dir(trial, run_dir)
         from orchard_app.experiment import train
 
-        value = train(cfg)
+        value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
         print(_message(e), file=sys.stderr, flush=True)
         drop_if_empty(run_dir)
@@ -50,16 +54,47 @@ def run_job(cfg: DictConfig) -> float:
         drop_if_empty(run_dir)
         if not multirun:
             raise SystemExit(e.exit_code) from None
-        record_job("failed", error=f"{e.title}: {_first_line(e)}")
+        reason = f"{e.title}: {_first_line(e)}"
+        if trial is not None:
+            trial.failed(reason)
+        record_job("failed", error=reason)
         return FAILED_JOB_VALUE  # the sweep goes on; its summary reports this job
     except Exception as e:
         from orchard_app.outcomes import is_pruned
 
-        if multirun and is_pruned(e):  # the sweeper records it as pruned
-            record_job("pruned", error=str(e))
-        raise
+        if not (multirun and is_pruned(e)):
+            raise
+        epoch = getattr(e, "epoch", None)
+        print(f"\norchard_app: {e}", file=sys.stderr, flush=True)
+        if trial is not None:  # told here, so the sweeper need not see an exception
+            trial.pruned(epoch)
+            record_job("pruned", error=str(e), epoch=epoch)
+            return FAILED_JOB_VALUE
+        record_job("pruned", error=str(e), epoch=epoch)
+        raise  # another sweeper (e.g. the stock Optuna one) handles TrialPruned itself
+    if trial is not None:
+        trial.completed(value)
     record_job("completed", value=value)
     return value
+
+
+def _study_trial():
+    """The Optuna trial this job runs for `hydra/sweeper=orchard_optuna`, else None (optuna is
+    imported only then)."""
+    import os
+
+    from orchard_app.hpo.trial import ENV_TRIAL
+
+    if ENV_TRIAL not in os.environ:
+        return None
+    from orchard_app.hpo.trial import JobTrial
+
+    return JobTrial.from_env()
+
+
+def _job_dir(trial, run_dir: Path) -> None:
+    if run_dir.exists():
+        trial.started(str(run_dir.resolve()))
 
 
 def drop_if_empty(run_dir: Path) -> None:

@@ -42,6 +42,10 @@ class TrackingError(OrchardError):
     title = "experiment tracking problem"
 
 
+class HpoError(OrchardError):
+    title = "hyper-parameter search problem"
+
+
 class RunLockedError(OrchardError):
     title = "run directory busy"
 

@@ -119,7 +119,7 @@ def small_disk(tmp_path):
     disk = tmp_path / "small"
     _mount(disk, "size=400k")
     yield disk
-    subprocess.run(["umount", str(disk)], check=False)
+    subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_is_one_message_with_no_temp_files_and_a_failed_record(small_disk, tiny_npz):
@@ -143,7 +143,7 @@ def test_a_read_only_run_dir_is_one_message(tiny_npz, tmp_path):
     try:
         result = run_cli(f"hydra.run.dir={readonly}", *tiny_overrides(tiny_npz), cwd=tmp_path)
     finally:
-        subprocess.run(["umount", str(readonly)], check=False)
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Read-only file system" in result.stderr and str(readonly) in result.stderr
 

@@ -29,6 +29,7 @@ MACHINE_KEYS = (
     "dataset.mirror",
     "tracking",
     "training.resume",
+    "hpo",  # how the study around a run searches, not the run itself
 )
 
 

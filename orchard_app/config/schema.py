@@ -143,6 +143,14 @@ class EvaluationConfig:
 
 
 @dataclass
+class HpoConfig:
+    """Study-level settings of `-m hpo=...` (the search space lives in hydra.sweeper.params)."""
+
+    target: float | None = None  # stop the study once the best value reaches this
+    patience: int | None = None  # stop after this many completed trials without improvement
+
+
+@dataclass
 class OrchardConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -152,6 +160,7 @@ class OrchardConfig:
     tracking: TrackingConfig = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    hpo: HpoConfig = field(default_factory=HpoConfig)
 
 
 def register() -> None:

@@ -1,0 +1,42 @@
+"""Optuna storages from one URL string, the same in the sweeper and in every job.
+
+`sqlite:///<path>` (the default, in the sweep dir), `postgresql://...` (a server), and
+`journal:///<path>` for Optuna's journal file storage: an append-only log that works on a
+shared (NFS) filesystem where SQLite's locking does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+JOURNAL = "journal://"
+DB_NAME = "optuna.db"
+
+
+def default_url(sweep_dir: str | Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / DB_NAME}"
+
+
+def absolute_url(url: str, base: str | Path) -> str:
+    """A relative SQLite or journal path made absolute, so every job finds the same file."""
+    for prefix in ("sqlite:///", JOURNAL + "/"):
+        if url.startswith(prefix):
+            path = Path(url[len(prefix) :])
+            if not path.is_absolute():
+                return prefix + str((Path(base) / path).resolve())
+    return url
+
+
+def open_storage(url: str):
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith(JOURNAL):
+        path = Path(url[len(JOURNAL) :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        # jobs of one batch write at once: wait for SQLite's lock instead of failing
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return RDBStorage(url)

@@ -1,0 +1,260 @@
+"""The study sweeper: Hydra's Optuna sweeper, plus what it cannot do.
+
+It reuses hydra-optuna-sweeper's search-space parsing (`interval`, `choice`, `range`,
+`tag(log, ...)`, grid sampler) and adds:
+- pruning: each job gets its trial through `hydra.job.env_set` (trial.py) and is stopped by
+  `hydra.sweeper.pruner`; a pruned job is told PRUNED, never FAIL, and is no failure;
+- resumable studies: a stable study name in a storage in the sweep dir; `n_trials` is the
+  study's total, so the same command after an interruption runs only the missing trials,
+  numbers new jobs after the existing ones and first marks trials a killed sweep left RUNNING
+  as FAIL; Ctrl-C marks the running trials FAIL and queues their parameters again;
+- study early stop (`hpo.target`, `hpo.patience`) and the study's artifacts (report.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import (  # pinned: hydra-optuna-sweeper 1.4.0rc3
+    OptunaSweeperImpl,
+    create_params_from_overrides,
+)
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from orchard_app.config import monitor_direction
+from orchard_app.errors import ConfigError, HpoError, OrchardError
+from orchard_app.hpo import report
+from orchard_app.hpo.storage import absolute_url, default_url, open_storage
+from orchard_app.hpo.trial import trial_env
+
+log = logging.getLogger("orchard_app.hpo")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+OPTUNA_TARGETS = ("optuna.pruners.*", "optuna.samplers.*")
+
+
+def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:
+    """An Optuna pruner from a `_target_` config; null means no pruning."""
+    if cfg is None:
+        return optuna.pruners.NopPruner()
+    return instantiate(cfg, _execution_whitelist_=OPTUNA_TARGETS)
+
+
+class StudySweeper:
+    def __init__(self, sampler: Any, direction: Any, storage: str | None, study_name: str | None,
+                 n_trials: int, n_jobs: int, max_failure_rate: float, params: Any = None,
+                 pruner: Any = None, custom_search_space: str | None = None, **_: Any):  # fmt: skip
+        if custom_search_space:
+            raise HpoError("hydra.sweeper.custom_search_space is not supported by orchard_optuna; "
+                           "write the space under hydra.sweeper.params")  # fmt: skip
+        self.sampler = instantiate(sampler, _execution_whitelist_=OPTUNA_TARGETS)
+        self.direction, self.storage, self.study_name = direction, storage, study_name or "orchard"
+        self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
+        self.max_failure_rate, self.params = float(max_failure_rate), params or {}
+        self.pruner = make_pruner(pruner)
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+
+    # ------------------------------------------------------------------ the study
+    def sweep(self, arguments: list[str]) -> list[Any]:
+        """Run the study; a study-level problem is one message and an exit code, no traceback
+        (Hydra would print one for any exception leaving a sweeper)."""
+        try:
+            return self._sweep(arguments)
+        except OrchardError as e:
+            print(f"\norchard_app: {e.title}:\n{e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.exit_code) from None
+
+    def _sweep(self, arguments: list[str]) -> list[Any]:
+        space, fixed, fixed_overrides = create_params_from_overrides(
+            [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        )
+        for name in fixed:
+            space.pop(name, None)
+        self._grid(space)
+        url = (
+            absolute_url(self.storage, self.hydra_context_cwd())
+            if self.storage
+            else default_url(self.sweep_dir)
+        )
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=self.study_name, storage=open_storage(url), sampler=self.sampler,
+            pruner=self.pruner, direction=self._direction(), load_if_exists=True,
+        )  # fmt: skip
+        self._check_direction(study)
+        stale = self._fail_stale(study)
+        log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
+                 len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
+                 self.n_trials, study.direction.name.lower())  # fmt: skip
+        returns: list[Any] = []
+        fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
+        try:
+            while (to_go := self.n_trials - _done(study)) > 0:
+                if reason := self._stop_early(study):
+                    log.info("study stops early: %s", reason)
+                    break
+                batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+                overrides = [self._overrides(t, url, fixed_args) for t in batch]
+                self._launching = batch
+                results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+                for trial, ret in zip(batch, results, strict=True):
+                    self._tell(study, trial, ret)
+                returns += results
+                report.write(study, self.sweep_dir, self.config)
+                self._check_failures(study)
+        except BaseException:
+            self._requeue_interrupted(study)
+            report.write(study, self.sweep_dir, self.config)
+            raise
+        report.write(study, self.sweep_dir, self.config)
+        if _count(study, (TrialState.COMPLETE,)):
+            best = study.best_trial
+            log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
+                     best.value, best.params)  # fmt: skip
+        return returns
+
+    def hydra_context_cwd(self) -> Path:
+        return Path(str(self.config.hydra.runtime.cwd))
+
+    def _overrides(self, trial: optuna.Trial, url: str, fixed_args: list[str]) -> tuple[str, ...]:
+        env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
+        return (*(f"{k}={v}" for k, v in trial.params.items()), *fixed_args,
+                *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
+        """What the job did not tell itself (it died, or ran outside our job code)."""
+        if _state(study, trial) in FINISHED:
+            return
+        if ret.status == JobStatus.COMPLETED and _finite(ret.return_value):
+            study.tell(trial, float(ret.return_value), skip_if_finished=True)
+            return
+        if ret.status == JobStatus.FAILED:
+            error = ret._return_value  # pinned: hydra-core's JobReturn (.return_value re-raises)
+            text = f"{type(error).__name__}: {error}"
+        else:
+            text = f"the job returned {ret.return_value!r}; see its log"
+        trial.set_user_attr("error", text[:2000])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    # ------------------------------------------------------------------ rules
+    def _monitor(self) -> str:
+        return str(self.config.training.monitor)
+
+    def _direction(self) -> str:
+        wanted = monitor_direction(self._monitor(), str(self.config.training.monitor_mode))
+        wanted = "maximize" if wanted == "max" else "minimize"
+        given = self.direction
+        if given is not None and str(getattr(given, "name", given)) != wanted:
+            raise ConfigError([
+                f"hydra.sweeper.direction={getattr(given, 'name', given)} contradicts "
+                f"training.monitor={self._monitor()}, which is to {wanted}; drop "
+                "hydra.sweeper.direction (it follows the monitor), or monitor another metric"
+            ])  # fmt: skip
+        return wanted
+
+    def _check_direction(self, study: optuna.Study) -> None:
+        if study.direction.name.lower() != self._direction():
+            raise HpoError(
+                f"the study '{self.study_name}' in this storage was made to "
+                f"{study.direction.name.lower()}, but training.monitor={self._monitor()} is to "
+                f"{self._direction()}.\n  Use another hydra.sweeper.study_name or sweep dir."
+            )
+
+    def _grid(self, space: dict) -> None:
+        """Keep the stock grid-sampler behaviour: the grid is the space, n_trials at most its size."""
+        if (
+            isinstance(self.sampler, functools.partial)
+            and self.sampler.func is optuna.samplers.GridSampler
+        ):
+            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+
+    def _fail_stale(self, study: optuna.Study) -> int:
+        stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        for t in stale:  # pinned: optuna 5
+            study._storage.set_trial_user_attr(
+                t._trial_id, "error", "left running by a stopped sweep"
+            )
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        return len(stale)
+
+    def _requeue_interrupted(self, study: optuna.Study) -> None:
+        """Ctrl-C or a stop signal: the batch's unfinished trials are failed and queued again,
+        so re-running the same command tries the same parameters first."""
+        for trial in getattr(self, "_launching", []):
+            if _state(study, trial) not in FINISHED:
+                trial.set_user_attr("error", "interrupted; its parameters are queued again")
+                trial.set_user_attr("interrupted", True)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                study.enqueue_trial(trial.params, skip_if_exists=False)
+
+    def _stop_early(self, study: optuna.Study) -> str | None:
+        hpo = self.config.get("hpo") or {}
+        complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                          key=lambda t: t.number)  # fmt: skip
+        if not complete:
+            return None
+        best = study.best_trial
+        target = hpo.get("target")
+        if target is not None:
+            reached = (
+                best.value >= target if study.direction.name == "MAXIMIZE" else best.value <= target
+            )
+            if reached:
+                return f"trial {best.number} reached hpo.target={target} ({best.value:.4f})"
+        patience = hpo.get("patience")
+        since = sum(1 for t in complete if t.number > best.number)
+        if patience and since >= patience:
+            return f"{since} completed trials without improvement (hpo.patience={patience})"
+        return None
+
+    def _check_failures(self, study: optuna.Study) -> None:
+        """Stop once the failures exceed max_failure_rate of n_trials (pruned is no failure)."""
+        finished = _done(study)
+        failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                     if not t.user_attrs.get("interrupted"))  # fmt: skip
+        if failed > self.max_failure_rate * self.n_trials:  # more than the whole study allows
+            raise HpoError(
+                f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
+                f"{self.sweep_dir / 'study.csv'}."
+            )
+
+
+def _done(study: optuna.Study) -> int:
+    """Finished trials that count toward n_trials (an interrupted one does not: it is rerun)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if not t.user_attrs.get("interrupted"))  # fmt: skip
+
+
+def _count(study: optuna.Study, states) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
+    return study._storage.get_trial(trial._trial_id).state  # pinned: optuna 5
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

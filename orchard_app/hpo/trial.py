@@ -1,0 +1,88 @@
+"""The job side of a trial: its sweeper passes the storage, study and trial id through
+`hydra.job.env_set`; the job reloads the study with the sweep's pruner, reports the monitored
+validation value after every epoch (an engine epoch callback) and stops when the pruner says
+so. It tells its own outcome as soon as it ends, so trials of one batch can prune each other.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import optuna
+
+from orchard_app.errors import RunPruned
+from orchard_app.hpo.storage import open_storage
+
+ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "ORCHARD_HPO_STORAGE", "ORCHARD_HPO_STUDY", "ORCHARD_HPO_TRIAL"
+
+
+class TrialPruned(optuna.TrialPruned, RunPruned):
+    """Optuna's own type (what sweepers expect) and ours (what the outcome vocabulary maps)."""
+
+    def __init__(self, message: str, epoch: int):
+        RunPruned.__init__(self, message, epoch=epoch)
+
+
+def trial_env(storage: str, study: str, trial_id: int) -> dict[str, str]:
+    return {ENV_STORAGE: storage, ENV_STUDY: study, ENV_TRIAL: str(trial_id)}
+
+
+class JobTrial:
+    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: Any = None):
+        self.study = optuna.load_study(
+            study_name=study_name, storage=open_storage(storage), pruner=pruner
+        )
+        self.trial = optuna.trial.Trial(self.study, trial_id)
+
+    @classmethod
+    def from_env(cls) -> JobTrial | None:
+        """The trial this job runs, when a study sweeper launched it; None otherwise."""
+        if ENV_TRIAL not in os.environ:
+            return None
+        return cls(os.environ[ENV_STORAGE], os.environ[ENV_STUDY], int(os.environ[ENV_TRIAL]),
+                   pruner=_sweep_pruner())  # fmt: skip
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def on_epoch_end(self, record: dict[str, Any], engine: Any) -> None:
+        value, epoch = float(record[engine.monitor]), int(record["epoch"])
+        if math.isfinite(value):
+            self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            raise TrialPruned(f"trial {self.number} pruned at epoch {epoch} "
+                              f"({engine.monitor} {value:.4f})", epoch)  # fmt: skip
+
+    def started(self, run_dir: str) -> None:
+        self.trial.set_user_attr("job_dir", run_dir)
+
+    def completed(self, value: float, epochs: int | None = None) -> None:
+        if epochs is not None:
+            self.trial.set_user_attr("epochs_run", epochs)
+        if math.isfinite(value):
+            self.study.tell(self.trial, value, skip_if_finished=True)
+        else:
+            self.failed(f"the objective is {value}")
+
+    def pruned(self, epoch: int | None) -> None:
+        if epoch is not None:
+            self.trial.set_user_attr("epochs_run", epoch)
+        self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+
+    def failed(self, error: str) -> None:
+        self.trial.set_user_attr("error", error)
+        self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def _sweep_pruner():
+    """The pruner configured on the sweeper (`hydra.sweeper.pruner`), built in this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from orchard_app.hpo.sweeper import make_pruner
+
+    if not HydraConfig.initialized():
+        return None
+    return make_pruner(HydraConfig.get().sweeper.get("pruner"))

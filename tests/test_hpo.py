@@ -1,0 +1,261 @@
+"""Optuna studies through Hydra: presets, pruning, resumable studies, early stop, failures,
+artifacts, and the pins the study sweeper relies on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from conftest import compose, make_npz, run_cli
+
+STUDY = "optuna.db"
+BARE = "hydra/sweeper=orchard_optuna"
+GOOD, BAD = "3e-3", "1e-9"  # a learning rate that learns the tiny set, and one that cannot
+
+
+THRESHOLD = (
+    "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.5,n_warmup_steps:2}"
+)
+
+
+def study_args(npz: Path, sweep: Path, *extra: str, preset: str = "hpo=quick") -> list[str]:
+    """A study on the tiny set: the quick preset, or (preset=hydra/sweeper=orchard_optuna) the
+    bare sweeper, whose sampler and pruner the test chooses."""
+    return ["-m", preset, f"hydra.sweep.dir={sweep}", "dataset=npz", f"dataset.path={npz}",
+            "training.epochs=3", "training.batch_size=16", "evaluation.figures=false",
+            "hardware.num_threads=2", "hydra.sweeper.params={}", *extra]  # fmt: skip
+
+
+def rows(sweep: Path) -> list[dict]:
+    with open(sweep / "study.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def npz(tmp_path) -> Path:
+    return make_npz(tmp_path / "tiny.npz")
+
+
+def sweeper_config(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    compose()  # registers the schema and resets Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from orchard_app.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.sweeper
+
+
+def test_presets_compose_with_their_search_spaces():
+    quick = sweeper_config("hpo=quick")
+    assert quick._target_ == "orchard_app.hpo.plugin.OrchardOptunaSweeper"
+    assert set(quick.params) == {"optimizer.lr", "optimizer.weight_decay", "training.batch_size",
+                                 "model.dropout"}  # fmt: skip
+    assert quick.pruner._target_ == "optuna.pruners.MedianPruner" and quick.sampler.seed == 42
+    full = sweeper_config("hpo=full")
+    assert len(full.params) == 12 and "optimizer.momentum" in full.params
+
+
+def test_pinned_plugin_and_the_private_attributes_the_sweeper_reads():
+    """orchard_app/hpo reads these; a new release must be checked before the pin moves."""
+    import optuna
+    from hydra.core.utils import JobReturn
+    from hydra_plugins.hydra_optuna_sweeper import _impl
+
+    assert metadata.version("hydra-optuna-sweeper") == "1.4.0rc3"
+    assert metadata.version("optuna").split(".")[0] == "5"
+    assert callable(_impl.create_params_from_overrides)
+    assert callable(_impl.OptunaSweeperImpl._to_grid_sampler_choices)
+    study = optuna.create_study()
+    trial = study.ask()
+    assert study._storage.get_trial(trial._trial_id).number == trial.number
+    job = JobReturn()
+    job.return_value = ValueError("x")
+    assert isinstance(job._return_value, ValueError)
+
+
+def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=3",
+                                    f"optimizer.lr=choice({GOOD},1e-3)"),
+                        cwd=tmp_path))  # fmt: skip
+    table = rows(sweep)
+    assert [r["number"] for r in table] == ["0", "1", "2"]
+    assert {r["state"] for r in table} == {"COMPLETE"} and all(r["job_dir"] for r in table)
+    assert all(r["epochs_run"] == "3" for r in table)
+    for name in ("top_trials.md", "best_config.yaml", STUDY, "figures/optimization_history.png",
+                 "figures/intermediate_values.png"):  # fmt: skip
+        assert (sweep / name).is_file(), name
+    best = max(table, key=lambda r: float(r["value"]))
+    assert f"best trial {best['number']}" in result.stderr
+
+    rerun = ok(run_cli("--config-path", str(sweep), "--config-name", "best_config", cwd=tmp_path / "x"
+                       if (tmp_path / "x").mkdir() is None else tmp_path))  # fmt: skip
+    (run,) = (tmp_path / "x" / "outputs").glob("*/*")
+    again = read_json(run / "metrics.json")
+    original = read_json(Path(best["job_dir"]) / "metrics.json")
+    assert again["monitor"]["best_value"] == pytest.approx(float(best["value"]))
+    assert [h["train_loss"] for h in again["history"]] == [
+        h["train_loss"] for h in original["history"]
+    ]
+    assert rerun.returncode == 0
+
+
+def test_trials_that_cannot_learn_are_pruned_not_failed(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    ok(run_cli(*study_args(npz, sweep, "training.epochs=4", "hydra/sweeper/sampler=grid",
+                           f"optimizer.lr=choice({GOOD},{BAD})", THRESHOLD, preset=BARE),
+               cwd=tmp_path))  # fmt: skip
+    table = {r["params_optimizer.lr"]: r for r in rows(sweep)}
+    assert table[str(float(GOOD))]["state"] == "COMPLETE"
+    pruned = table[str(float(BAD))]
+    assert pruned["state"] == "PRUNED" and pruned["epochs_run"] == "2"  # stopped after epoch 2
+    prov = read_json(Path(pruned["job_dir"]) / "provenance.json")
+    assert prov["status"] == "pruned" and prov["stopped_at_epoch"] == 2
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(j["outcome"] for j in jobs) == ["completed", "pruned"]
+
+
+def test_n_trials_is_the_total_and_a_rerun_continues_the_numbering(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    ok(
+        run_cli(
+            *study_args(npz, sweep, "hydra.sweeper.n_trials=3", "training.epochs=1"), cwd=tmp_path
+        )
+    )
+    first = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
+    ok(
+        run_cli(
+            *study_args(npz, sweep, "hydra.sweeper.n_trials=5", "training.epochs=1"), cwd=tmp_path
+        )
+    )
+    assert [r["number"] for r in rows(sweep)] == ["0", "1", "2", "3", "4"]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
+    assert sorted(name.split("_")[0] for name in after) == ["0", "1", "2", "3", "4"]
+    assert {k: after[k] for k in first} == first  # the first three job dirs were not written again
+
+
+def test_a_trial_left_running_by_a_killed_sweep_is_failed_on_resume(npz, tmp_path):
+    import optuna
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(study_name="orchard", storage=f"sqlite:///{sweep / STUDY}",
+                                direction="maximize")  # fmt: skip
+    study.ask()  # RUNNING forever: its sweep was killed
+    ok(
+        run_cli(
+            *study_args(npz, sweep, "hydra.sweeper.n_trials=1", "training.epochs=1"), cwd=tmp_path
+        )
+    )
+    table = rows(sweep)
+    assert [(r["number"], r["state"]) for r in table] == [("0", "FAIL"), ("1", "COMPLETE")]
+    assert "left running by a stopped sweep" in table[0]["error"]
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_the_study_goes_on(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, "hydra/sweeper/sampler=grid", "training.epochs=1",
+                                    "training.label_smoothing=choice(0.1,1.5)", preset=BARE),
+                        cwd=tmp_path))  # fmt: skip
+    table = {r["params_training.label_smoothing"]: r for r in rows(sweep)}
+    assert table["0.1"]["state"] == "COMPLETE" and table["1.5"]["state"] == "FAIL"
+    assert "training.label_smoothing=1.5: must be in [0, 1)" in table["1.5"]["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_too_many_failures_end_the_study_with_one_message(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=3", "training.label_smoothing=1.5",
+                                 "hydra.sweeper.max_failure_rate=0.0"), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "more than hydra.sweeper.max_failure_rate=0.0" in result.stderr
+    assert len(rows(sweep)) == 1  # stopped after the first failure
+
+
+def test_a_direction_against_the_monitor_is_refused_before_any_trial(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(*study_args(npz, sweep, "hydra.sweeper.direction=minimize"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "hydra.sweeper.direction=minimize contradicts training.monitor=val_accuracy"
+        in result.stderr
+    )
+    assert not list(sweep.glob("*/provenance.json"))
+
+
+@pytest.mark.parametrize("stop", ["hpo.target=0.0", "hpo.patience=1"])
+def test_the_study_stops_early(npz, tmp_path, stop):
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=6", "training.epochs=1",
+                                    "training.seed=0", stop), cwd=tmp_path))  # fmt: skip
+    assert "study stops early" in result.stderr
+    assert len(rows(sweep)) < 6
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(960, 32, 32))
+    sweep = tmp_path / "sweep"
+    args = study_args(npz, sweep, "hydra.sweeper.n_trials=2", "training.epochs=30")
+    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for line in proc.stderr:
+        if " 2/30  loss" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    stopped, queued = rows(sweep)
+    assert stopped["state"] == "FAIL" and "queued again" in stopped["error"]
+    assert queued["state"] == "WAITING"
+    last = Path(stopped["job_dir"]) / "checkpoints" / "last.pt"
+    assert (
+        last.is_file()
+        and read_json(last.parent.parent / "provenance.json")["status"] == "interrupted"
+    )
+
+    time.sleep(0.1)
+    args[args.index("training.epochs=30")] = "training.epochs=1"
+    ok(run_cli(*args, cwd=tmp_path))
+    table = rows(sweep)
+    assert [r["state"] for r in table] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert table[1]["params_optimizer.lr"] == stopped["params_optimizer.lr"]  # retried first
+
+
+@pytest.mark.slow
+def test_pruning_works_across_processes_with_submitit(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    ok(run_cli(*study_args(npz, sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                           "training.epochs=4", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=2",
+                           f"optimizer.lr=choice({GOOD},{BAD})", THRESHOLD, preset=BARE),
+               cwd=tmp_path, timeout=600))  # fmt: skip
+    states = {r["params_optimizer.lr"]: r["state"] for r in rows(sweep)}
+    assert states == {str(float(GOOD)): "COMPLETE", str(float(BAD)): "PRUNED"}
+    pids = {read_json(Path(r["job_dir"]) / "provenance.json")["pid"] for r in rows(sweep)}
+    assert len(pids) == 2 and os.getpid() not in pids
