@@ -24,10 +24,10 @@ train: $(STAMP)  ## train on the embedded default (extra overrides: make train A
 	$(PY) -m orchard_app $(ARGS)
 
 test: $(STAMP)  ## fast tests (a few minutes on 2 cores)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=15 $(ARGS)
 
 test-slow: $(STAMP)  ## only the slow end-to-end tests (CI runs them after `make test`)
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -m slow --durations=15 $(ARGS)
 
 test-all: $(STAMP)  ## every test, fast and slow
 	$(PY) -m pytest -m "slow or not slow" $(ARGS)

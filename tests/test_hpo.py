@@ -259,3 +259,65 @@ def test_pruning_works_across_processes_with_submitit(npz, tmp_path):
     assert states == {str(float(GOOD)): "COMPLETE", str(float(BAD)): "PRUNED"}
     pids = {read_json(Path(r["job_dir"]) / "provenance.json")["pid"] for r in rows(sweep)}
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+# ---------------------------------------------------------------- a real PostgreSQL storage
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package; .ci/run
+    installs it). initdb refuses to run as root, so as root it runs as the postgres user."""
+    import shutil
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg[binary] is a dev dependency (make install)")
+    bindir = bins[-1].parent
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="orchard-pg-", dir="/tmp"))
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        done = subprocess.run([*as_user, str(bindir / args[0]), *args[1:]], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    pg("initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
+    pg("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start", "-o",
+       f"-p {port} -k {data} -c listen_addresses=127.0.0.1")  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg("pg_ctl", "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_study_in_a_postgresql_server_is_shared_by_its_jobs_and_resumed(
+    npz, tmp_path, postgres_url
+):
+    import optuna
+
+    sweep = tmp_path / "sweep"
+    args = [
+        f"hydra.sweeper.storage={postgres_url}",
+        "training.epochs=2",
+        "hydra.sweeper.study_name=pg",
+    ]
+    ok(run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=2", *args), cwd=tmp_path))
+    ok(run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=3", *args), cwd=tmp_path))
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert all(len(t.intermediate_values) == 2 for t in study.trials)  # reported by the jobs
+    assert not (sweep / STUDY).exists()

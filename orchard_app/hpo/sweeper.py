@@ -30,6 +30,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (  # pinned: hydra-optuna-s
 )
 from omegaconf import DictConfig
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
 from orchard_app.errors import ConfigError, HpoError, OrchardError
@@ -93,10 +94,17 @@ class StudySweeper:
             else default_url(self.sweep_dir)
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            study_name=self.study_name, storage=open_storage(url), sampler=self.sampler,
-            pruner=self.pruner, direction=self._direction(), load_if_exists=True,
-        )  # fmt: skip
+        try:
+            study = optuna.create_study(
+                study_name=self.study_name, storage=open_storage(url), sampler=self.sampler,
+                pruner=self.pruner, direction=self._direction(), load_if_exists=True,
+            )  # fmt: skip
+        except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as e:
+            raise HpoError(
+                f"cannot open the study storage {url} ({type(e).__name__}: {first_line(e)}).\n"
+                "  Check hydra.sweeper.storage: sqlite:///<file>, journal:///<file> or "
+                "postgresql://user@host:port/db (needs psycopg: pip install 'psycopg[binary]')."
+            ) from None
         self._check_direction(study)
         stale = self._fail_stale(study)
         log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
@@ -237,6 +245,11 @@ class StudySweeper:
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
                 f"{self.sweep_dir / 'study.csv'}."
             )
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _done(study: optuna.Study) -> int:
