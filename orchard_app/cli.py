@@ -39,9 +39,14 @@ def run_job(cfg: DictConfig) -> float:
 
         value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
-        print(_message(e), file=sys.stderr, flush=True)
         drop_if_empty(run_dir)
-        record_job("requeued" if e.requeue else "interrupted", error=str(e))
+        if e.requeue:  # SLURM's warning before a time limit or a preemption, under submitit
+            print(f"\norchard_app: {e}; the job is requeued and continues from there.",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            record_job("requeued", error=str(e))
+            _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
+        print(_message(e), file=sys.stderr, flush=True)
+        record_job("interrupted", error=str(e))
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # Ctrl-C before the run's own signal handling was in place
         print("\norchard_app: interrupted during start-up; nothing was written.",
@@ -76,6 +81,18 @@ def run_job(cfg: DictConfig) -> float:
         trial.completed(value)
     record_job("completed", value=value)
     return value
+
+
+def _hand_over_to_submitit() -> None:
+    """Call submitit's own SIGUSR2 handler (ours was in place while training ran): it pickles
+    the job again (the launcher adds training.resume=auto on restart), requeues it with
+    `scontrol requeue` and exits; with no requeue budget left it raises UncompletedJobError,
+    which the launcher reports as a timeout."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR2)
+    if callable(handler):
+        handler(signal.SIGUSR2, None)
 
 
 def _study_trial():

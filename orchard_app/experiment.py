@@ -24,7 +24,6 @@ from orchard_app.config.resolvers import (
     resolved_container,
 )
 from orchard_app.config.validate import validate
-from orchard_app.engine.interrupts import StopSignals
 from orchard_app.engine.loop import Engine, EpochCallback, StepHook
 from orchard_app.errors import TrainingInterrupted
 from orchard_app.evaluation import figures
@@ -33,7 +32,7 @@ from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
 from orchard_app.ranks import process_rank
 from orchard_app.runtime.assemble import assemble
-from orchard_app.runtime.context import RunContext
+from orchard_app.runtime.context import RunContext, stop_policy
 from orchard_app.tracking import NullTracker, open_tracker
 from orchard_app.tracking.provenance import device_info
 from orchard_app.tracking.run_dir import RunDirectory
@@ -60,7 +59,7 @@ def train(
         fields |= {"world_size": process.world_size, "launcher": process.launcher}
     progress = Progress()
     with (
-        StopSignals() as stop,
+        stop_policy() as stop,
         RunDirectory(run_path, fields, resumed_from=str(resume) if resume else None,
                      continues=continues, main=process.is_main, job_config=cfg) as run,
         progress.explain_interruptions(),

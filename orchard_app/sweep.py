@@ -9,7 +9,9 @@ failed. Light on purpose (no torch): Hydra instantiates it before any job starts
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,6 @@ def record_job(
     outcome: str, value: float | None = None, error: str | None = None, epoch: int | None = None
 ) -> None:
     """Append this job's end to the sweep's jobs.jsonl (no-op outside a multirun)."""
-    from filelock import FileLock
     from hydra.core.hydra_config import HydraConfig
 
     sweep_dir = sweep_dir_of_job()
@@ -48,6 +49,18 @@ def record_job(
     row = {"job": int(hc.job.num), "outcome": outcome, "value": value, "error": error,
            "run_dir": str(run_dir) if run_dir.exists() else None, "stopped_at_epoch": epoch,
            "overrides": list(hc.overrides.task)}  # fmt: skip
+    if os.environ.get("SUBMITIT_EXECUTOR"):  # where this job's console output went
+        with contextlib.suppress(Exception):
+            import submitit
+
+            row["log"] = str(submitit.JobEnvironment().paths.stderr)
+    append_row(sweep_dir, row)
+
+
+def append_row(sweep_dir: Path, row: dict[str, Any]) -> None:
+    """One line of jobs.jsonl, under a lock (jobs of a sweep end at the same time)."""
+    from filelock import FileLock
+
     sweep_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(sweep_dir / f".{RECORD_NAME}.lock"), timeout=60)
     with lock, open(sweep_dir / RECORD_NAME, "a", encoding="utf-8") as f:
@@ -82,6 +95,8 @@ def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]]) -> str:
         lines.append(f"  #{job['job']:<3} {job['outcome']:<11} {value:>8}  {where}")
         if job.get("error"):
             lines.append(f"       {job['error']}")
+        if job.get("log") and job["outcome"] not in ("completed", "pruned"):
+            lines.append(f"       log: {job['log']}")
     return "\n".join(lines)
 
 
@@ -96,5 +111,5 @@ class SweepSummary(Callback):
         print("\n" + summary_text(sweep_dir, jobs), file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
-        if "failed" in outcomes and "interrupted" not in outcomes and not study:
+        if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)

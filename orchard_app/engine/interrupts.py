@@ -1,4 +1,4 @@
-"""SIGTERM / SIGINT handling in one place (SLURM preemption will reuse it).
+"""SIGTERM / SIGINT (and, on a cluster, the scheduler's warning signal) in one place.
 
 Outside the training loop a signal raises TrainingInterrupted at once, so the run directory
 records the status. Inside the loop (`deferred()`), the first signal only sets a flag: the
@@ -19,7 +19,11 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    def __init__(self) -> None:
+    """`requeue`: signals after which the scheduler will start the run again (SLURM's SIGUSR2
+    under submitit, see runtime/context.py `stop_policy`); they are caught like the others."""
+
+    def __init__(self, requeue: tuple[int, ...] = ()) -> None:
+        self.requeue = tuple(requeue)
         self.signum: int | None = None
         self._deferred = False
         self._previous: dict[int, object] = {}
@@ -30,7 +34,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
+            for sig in (*SIGNALS, *self.requeue):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -58,4 +62,9 @@ class StopSignals:
             os.write(2, (notice + "(Ctrl-C again to stop at once)\n").encode())
             return
         self.signum = signum
-        raise TrainingInterrupted(f"stopped by {name}", signum)  # train() adds what was saved
+        raise self.error(f"stopped by {name}", signum)  # train() adds what was saved
+
+    def error(self, message: str, signum: int) -> TrainingInterrupted:
+        stop = TrainingInterrupted(message, signum)
+        stop.requeue = signum in self.requeue
+        return stop

@@ -348,7 +348,7 @@ class Engine:
         )
         last = self.checkpoints.last.resolve()
         saved = f"saved {last}" if self.checkpoints.enabled else "rank 0 saved last.pt"
-        error = TrainingInterrupted(
+        error = self.stop.error(
             f"stopped by {signal.Signals(signum).name} at {where}; {saved}", signum
         )
         error.checkpoint = str(last)

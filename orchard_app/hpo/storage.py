@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 JOURNAL = "journal://"
-DB_NAME = "optuna.db"
+DB_NAME, JOURNAL_NAME = "optuna.db", "optuna.journal"
 
 
-def default_url(sweep_dir: str | Path) -> str:
+def default_url(sweep_dir: str | Path, journal: bool = False) -> str:
+    """SQLite in the sweep dir; a journal file there for jobs on other nodes (NFS)."""
+    if journal:
+        return f"{JOURNAL}{Path(sweep_dir).resolve() / JOURNAL_NAME}"
     return f"sqlite:///{Path(sweep_dir).resolve() / DB_NAME}"
 
 

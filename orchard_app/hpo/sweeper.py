@@ -37,6 +37,7 @@ from orchard_app.errors import ConfigError, HpoError, OrchardError
 from orchard_app.hpo import report
 from orchard_app.hpo.storage import absolute_url, default_url, open_storage
 from orchard_app.hpo.trial import trial_env
+from orchard_app.sweep import read_jobs
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -91,7 +92,7 @@ class StudySweeper:
         url = (
             absolute_url(self.storage, self.hydra_context_cwd())
             if self.storage
-            else default_url(self.sweep_dir)
+            else default_url(self.sweep_dir, journal=self._on_a_cluster())
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -137,6 +138,11 @@ class StudySweeper:
                      best.value, best.params)  # fmt: skip
         return returns
 
+    def _on_a_cluster(self) -> bool:
+        """SLURM jobs share the sweep dir over a network filesystem, where SQLite's locks are
+        unreliable: there the default storage is Optuna's journal file."""
+        return "Slurm" in str(self.config.hydra.launcher.get("_target_", ""))
+
     def hydra_context_cwd(self) -> Path:
         return Path(str(self.config.hydra.runtime.cwd))
 
@@ -155,8 +161,11 @@ class StudySweeper:
         if ret.status == JobStatus.FAILED:
             error = ret._return_value  # pinned: hydra-core's JobReturn (.return_value re-raises)
             text = f"{type(error).__name__}: {error}"
-        else:
-            text = f"the job returned {ret.return_value!r}; see its log"
+        else:  # the launcher or the job recorded why in the sweep's jobs.jsonl
+            rows = [r for r in read_jobs(self.sweep_dir) if r["job"] == trial.number]
+            text = (
+                rows[-1].get("error") if rows else None
+            ) or f"the job returned {ret.return_value!r}"
         trial.set_user_attr("error", text[:2000])
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 

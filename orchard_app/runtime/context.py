@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,15 @@ class RunContext:
         process = process_rank()
         device = setup_torch(cfg.hardware, int(cfg.training.seed), process.local_rank)
         return cls(Path(run_dir), device, process, stop or StopSignals())
+
+
+def stop_policy() -> StopSignals:
+    """Which signals stop a run at the next step boundary with a last.pt: SIGTERM and SIGINT
+    everywhere; under submitit on SLURM also SIGUSR2, the warning before a time limit or a
+    preemption, after which the job is requeued and resumes (`training.resume=auto`)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        return StopSignals(requeue=(signal.SIGUSR2,))
+    return StopSignals()
 
 
 def setup_torch(hardware, seed: int, local_rank: int = 0) -> torch.device:

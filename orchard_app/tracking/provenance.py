@@ -33,7 +33,7 @@ KEY_PACKAGES = (
 )  # fmt: skip
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST",
-                 "CUDA_VISIBLE_DEVICES")  # fmt: skip
+                 "SLURM_RESTART_COUNT", "SLURM_PROCID", "CUDA_VISIBLE_DEVICES")  # fmt: skip
 
 
 def now() -> str:
@@ -131,7 +131,15 @@ def device_info(device) -> dict[str, Any]:
 
 
 def _scheduler_env() -> dict[str, str]:
-    return {k: v for k in SCHEDULER_ENV if (v := os.environ.get(k))}
+    """SLURM's job, array and restart ids, and under submitit the job's log files."""
+    env = {k: v for k in SCHEDULER_ENV if (v := os.environ.get(k))}
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        with contextlib.suppress(Exception):  # only a record: never fail a run over it
+            import submitit
+
+            paths = submitit.JobEnvironment().paths
+            env |= {"submitit_stdout": str(paths.stdout), "submitit_stderr": str(paths.stderr)}
+    return env
 
 
 class Provenance:

@@ -1,0 +1,136 @@
+"""`hydra/launcher=slurm` and `hydra/launcher=local`: Hydra's submitit launchers with what a
+long training job needs (found by Hydra through `hydra.plugins` entry points, pyproject.toml).
+
+- A job that SLURM or submitit starts again (a requeue after SIGUSR2 before the time limit, a
+  preemption, `scontrol requeue`) runs with `training.resume=auto`: it continues its own run
+  dir from last.pt, and provenance.json lists the attempts.
+- Waiting for results is bounded by the job's real state: a job that ended without a result
+  (scancel, a time limit with no requeue budget left, a node failure) is reported with its state,
+  reason and log, recorded in the sweep's jobs.jsonl, and the other jobs' results still come back.
+Imported at every start (plugin discovery): submitit is imported only when a sweep launches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock  # pinned 1.4.0rc3
+
+log = logging.getLogger("orchard_app.cluster")
+
+RESUME = "training.resume=auto"
+POLL_S, RESULT_GRACE_S = 2.0, 30.0  # a result pickle can land a little after the job ends
+
+
+def restarted() -> bool:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+class _Continues:
+    def __call__(self, sweep_overrides: list[str], *args: Any) -> JobReturn:
+        if restarted():  # SLURM started this job again: continue the run dir it left
+            sweep_overrides = [o for o in sweep_overrides if not o.startswith("training.resume=")]
+            sweep_overrides.append(RESUME)
+        return super().__call__(sweep_overrides, *args)  # type: ignore[misc]
+
+
+class OrchardLocalLauncher(_Continues, stock.LocalLauncher):
+    pass
+
+
+class OrchardSlurmLauncher(_Continues, stock.SlurmLauncher):
+    def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        """hydra-submitit-launcher 1.4.0rc3's launch (one job array per batch), with the wait
+        at the end replaced by `_collect` (the stock one waits forever for a killed job)."""
+        import submitit
+        from omegaconf import OmegaConf
+
+        init_keys = {"max_num_timeout", "python"}
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in init_keys},
+        )  # fmt: skip
+        base = set(OmegaConf.structured(stock.BaseQueueConf).keys())
+        executor.update_parameters(**{
+            (k if k in base else f"{self._EXECUTOR}_{k}"): v
+            for k, v in self.params.items() if k not in init_keys | {"submitit_folder"}
+        })  # fmt: skip
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("submitit 'slurm' sweep output dir : %s", sweep_dir)
+        params = []
+        for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", num, " ".join(stock.filter_overrides(overrides)))
+            params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}",
+                           stock.Singleton.get_state()))  # fmt: skip
+        jobs = executor.map_array(self, *zip(*params, strict=True))
+        log.info("submitted job array %s (%d tasks)", jobs[0].job_id.split("_")[0], len(jobs))
+        return _collect(jobs, sweep_dir.resolve(), initial_job_idx)
+
+
+def _collect(jobs: list[Any], sweep_dir: Path, first_num: int) -> list[JobReturn]:
+    """Each job's JobReturn, polling result files and `scontrol`; a job that ended (or
+    vanished) without a result becomes a failed row in jobs.jsonl and a NaN value."""
+    from orchard_app.cluster.scontrol import TERMINAL, job_state
+
+    results: dict[int, JobReturn] = {}
+    ended_at: dict[int, float] = {}
+    while len(results) < len(jobs):
+        for i, job in enumerate(jobs):
+            if i in results:
+                continue
+            if job.paths.result_pickle.exists():
+                results[i] = _result(job, sweep_dir, first_num + i)
+                continue
+            state, reason = job_state(job.job_id)
+            if state in TERMINAL or state == "UNKNOWN":
+                ended_at.setdefault(i, time.monotonic())
+                if time.monotonic() - ended_at[i] > RESULT_GRACE_S:
+                    results[i] = _lost(job, state, reason, sweep_dir, first_num + i)
+            else:
+                ended_at.pop(i, None)  # running again (requeued)
+        if len(results) < len(jobs):
+            time.sleep(POLL_S)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
+    """The job's JobReturn; an exception that escaped the job (e.g. submitit's "timed-out too
+    many times" when the requeue budget is spent) becomes a recorded failure, not a traceback."""
+    try:
+        ret = job.results()[0]
+        if ret.status != JobStatus.FAILED:
+            return ret
+        error = ret._return_value  # pinned: hydra-core's JobReturn (.return_value re-raises)
+    except Exception as e:  # submitit pickled an error of its own
+        error = e
+    text = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    outcome = "timeout" if "timed-out" in text else "failed"
+    if outcome == "timeout":
+        text += " (hydra.launcher.max_num_timeout requeues were used up)"
+    return _failed(job, outcome, f"{type(error).__name__}: {text}", sweep_dir, num)
+
+
+def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
+    outcome = "timeout" if state == "TIMEOUT" else "failed"
+    why = f"SLURM job {job.job_id} ended {state}" + (f" ({reason})" if reason else "")
+    return _failed(job, outcome, why + " without a result", sweep_dir, num)
+
+
+def _failed(job: Any, outcome: str, error: str, sweep_dir: Path, num: int) -> JobReturn:
+    from orchard_app.sweep import append_row
+
+    logs = str(job.paths.stderr)
+    log.error("job #%d: %s; log: %s", num, error, logs)
+    run_dir = next((str(p) for p in sorted(sweep_dir.glob(f"{num}_*")) if p.is_dir()), None)
+    append_row(sweep_dir, {"job": num, "outcome": outcome, "value": None, "error": error,
+                           "run_dir": run_dir, "log": logs})  # fmt: skip
+    ret = JobReturn()
+    ret.status, ret.return_value = JobStatus.COMPLETED, math.nan
+    return ret

@@ -1,0 +1,193 @@
+"""Sweeps on a real one-node SLURM cluster (../shared/slurm/local-slurm.sh): one job array per
+sweep, failures and timeouts reported, jobs killed from outside never waited for forever,
+requeue after SIGUSR2 or `scontrol requeue` continuing the same run dir, and an Optuna study
+with pruning across array tasks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose, make_npz, tiny_overrides
+
+from orchard_app import train
+
+SCRIPT = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+# 1 CPU and 1 GB a task, so that two array tasks run side by side on the 2-CPU node
+SMALL = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+         "hardware.num_threads=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    if not SCRIPT.is_file():
+        pytest.skip(f"the local SLURM cluster script is not at {SCRIPT}")
+    was_up = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
+    started = subprocess.run([SCRIPT, "start"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_up:
+        subprocess.run([SCRIPT, "stop"], capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def sweep(
+    tmp_path: Path, *args: str, timeout: float = 600
+) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "orchard_app", "-m", *SMALL, f"hydra.sweep.dir={out}",
+                           *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    return done, out
+
+
+def jobs(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    return {r["job"]: r for r in rows}  # the last row of each job
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_a_sweep_is_one_job_array_and_brings_back_every_value(cluster, tmp_path):
+    a, b = make_npz(tmp_path / "a.npz"), make_npz(tmp_path / "b.npz", classes=4)
+    done, out = sweep(tmp_path, "dataset=npz", f"dataset.path={a},{b}", "model=mini_cnn",
+                      "training.seed=1,2", "training.epochs=1", "evaluation.figures=false")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = jobs(out)
+    assert sorted(rows) == [0, 1, 2, 3] and {r["outcome"] for r in rows.values()} == {"completed"}
+    arrays, tasks = set(), set()
+    for row in rows.values():
+        prov = read_json(Path(row["run_dir"]) / "provenance.json")
+        metrics = read_json(Path(row["run_dir"]) / "metrics.json")
+        assert metrics["monitor"]["best_value"] == pytest.approx(row["value"])
+        arrays.add(prov["env"]["SLURM_ARRAY_JOB_ID"])
+        tasks.add(prov["env"]["SLURM_ARRAY_TASK_ID"])
+        assert Path(prov["env"]["submitit_stderr"]).is_file()
+    assert len(arrays) == 1 and tasks == {"0", "1", "2", "3"}
+    assert "4 job(s): 4 completed" in done.stderr
+
+
+def test_a_failing_task_is_reported_with_its_log_while_the_others_complete(cluster, tmp_path):
+    npz = make_npz(tmp_path / "a.npz")
+    done, out = sweep(tmp_path, *tiny_overrides(npz), "hardware.num_threads=1",
+                      "training.label_smoothing=0.0,0.1,1.5,0.2")  # fmt: skip
+    assert done.returncode == 1
+    rows = jobs(out)
+    assert [rows[i]["outcome"] for i in range(4)] == [
+        "completed",
+        "completed",
+        "failed",
+        "completed",
+    ]
+    assert "training.label_smoothing=1.5" in rows[2]["error"] and Path(rows[2]["log"]).is_file()
+    assert f"log: {rows[2]['log']}" in done.stderr
+
+
+def test_a_time_limit_with_no_requeue_left_is_reported_as_a_timeout(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
+    started = time.monotonic()
+    done, out = sweep(tmp_path, *tiny_overrides(npz, "training.epochs=50"), "hardware.num_threads=1",
+                      "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
+                      "hydra.launcher.max_num_timeout=0")  # fmt: skip
+    assert done.returncode == 1 and time.monotonic() - started < 240
+    (row,) = jobs(out).values()
+    assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
+    assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
+
+
+def _wait_for(path_glob: str, base: Path, proc: subprocess.Popen, seconds: float = 180) -> Path:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = list(base.glob(path_glob))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(1)
+    raise AssertionError(f"no {path_glob} under {base} after {seconds} s")
+
+
+def _background_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", "-m", *SMALL, f"hydra.sweep.dir={out}",
+                             *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    return proc, out
+
+
+def test_a_job_cancelled_from_outside_is_reported_not_waited_for(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
+    proc, out = _background_sweep(tmp_path, *tiny_overrides(npz, "training.epochs=200"),
+                                  "hardware.num_threads=1")  # fmt: skip
+    try:
+        prov = _wait_for("*/provenance.json", out, proc)
+        job_id = read_json(prov)["env"]["SLURM_JOB_ID"]
+        subprocess.run(["scancel", job_id], check=True)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err
+    (row,) = jobs(out).values()
+    assert row["outcome"] in ("failed", "interrupted") and "CANCELLED" in (row["error"] or "") + err
+
+
+def _straight_metrics(tmp_path: Path, npz: Path, epochs: int) -> dict:
+    run = tmp_path / "straight"
+    train(compose(*tiny_overrides(npz, f"training.epochs={epochs}", "hardware.deterministic=true",
+                                  "hardware.num_threads=1")), run)  # fmt: skip
+    return read_json(run / "metrics.json")["test"]
+
+
+def test_a_job_warned_before_its_time_limit_is_requeued_and_resumes_exactly(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
+    args = tiny_overrides(npz, "training.epochs=6", "hardware.deterministic=true")
+    done, out = sweep(tmp_path, *args, "hardware.num_threads=1", "hydra.launcher.timeout_min=1",
+                      "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=2")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = jobs(out).values()
+    prov = read_json(Path(row["run_dir"]) / "provenance.json")
+    outcomes = [a["outcome"] for a in prov["attempts"]]
+    assert outcomes[0] == "requeued" and outcomes[-1] == "completed", outcomes
+    metrics = read_json(Path(row["run_dir"]) / "metrics.json")
+    assert metrics["resumed_from"].endswith("last.pt")
+    assert metrics["test"] == _straight_metrics(tmp_path, npz, 6)
+
+
+def test_a_preempted_job_requeued_by_slurm_continues_its_run_dir(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
+    args = tiny_overrides(npz, "training.epochs=8", "hardware.deterministic=true")
+    proc, out = _background_sweep(tmp_path, *args, "hardware.num_threads=1")
+    try:
+        last = _wait_for("*/checkpoints/last.pt", out, proc)
+        job_id = read_json(last.parent.parent / "provenance.json")["env"]["SLURM_JOB_ID"]
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        _, err = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    run = last.parent.parent
+    prov = read_json(run / "provenance.json")
+    assert len(prov["attempts"]) >= 2 and prov["attempts"][-1]["outcome"] == "completed"
+    assert prov["attempts"][-1]["env"]["SLURM_RESTART_COUNT"] == "1"
+    assert read_json(run / "metrics.json")["test"] == _straight_metrics(tmp_path, npz, 8)
+
+
+def test_an_optuna_study_prunes_across_array_tasks(cluster, tmp_path):
+    npz = make_npz(tmp_path / "a.npz")
+    done, out = sweep(tmp_path, "hydra/sweeper=orchard_optuna", "hydra/sweeper/sampler=grid",
+                      "hydra.sweeper.n_jobs=2", "optimizer.lr=choice(3e-3,1e-9)",
+                      "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.5,n_warmup_steps:2}",
+                      *tiny_overrides(npz, "training.epochs=4"), "hardware.num_threads=1")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "optuna.journal").is_file() and not (out / "optuna.db").exists()
+    with open(out / "study.csv") as f:
+        states = {r["params_optimizer.lr"]: r["state"] for r in csv.DictReader(f)}
+    assert states == {"0.003": "COMPLETE", "1e-09": "PRUNED"}
