@@ -310,3 +310,26 @@ def test_interrupted_cli_prints_a_resume_command_for_the_same_dir(tmp_path):
     assert proc.returncode == 143, text
     (run,) = run_dirs(tmp_path)
     assert f"hydra.run.dir={run.resolve()}" in text and "training.resume=auto" in text
+
+
+def test_an_unsafe_pickle_is_refused_without_passing_on_the_unsafe_advice(tiny_npz, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > pwned.txt",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"fingerprint": {}, "model": Evil()}, evil)
+    result = run_cli(*tiny_overrides(tiny_npz, f"training.resume={evil}"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "refused unread" in result.stderr and "system" in result.stderr
+    assert "weights_only" not in result.stderr and not (tmp_path / "pwned.txt").exists()
+
+
+def test_the_same_experiment_on_two_machines_has_one_config_hash(tiny_npz, tmp_path, monkeypatch):
+    hashes = []
+    for machine in ("laptop", "cluster"):
+        monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path / machine / "data"))
+        monkeypatch.setenv("ORCHARD_CACHE_DIR", str(tmp_path / machine / "cache"))
+        train(compose(*tiny_overrides(tiny_npz)), tmp_path / machine / "run")
+        hashes.append(read_json(tmp_path / machine / "run" / "provenance.json")["config_hash"])
+    assert hashes[0] == hashes[1]

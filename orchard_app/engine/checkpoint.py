@@ -8,6 +8,8 @@ copied into the model.
 from __future__ import annotations
 
 import io
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +108,33 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except Exception as e:  # truncated, not a torch file, or holds objects weights_only refuses
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a pickle at all
+            raise CheckpointError(
+                f"{path} cannot be read as an orchard_app checkpoint ({_first_line(e)})"
+            ) from None
+        # Python objects that the safe load refuses. torch's own text suggests
+        # weights_only=False, exactly the unsafe fix: it is never passed on.
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        what = f" (it asks to run {blocked.group(1)})" if blocked else ""
         raise CheckpointError(
-            f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            f"{path} holds Python objects beyond tensors and plain data{what}, so it is not an "
+            "orchard_app checkpoint and was refused unread. orchard_app checkpoints hold only "
+            "weights and numbers; resume from the last.pt a run of orchard_app wrote."
+        ) from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise CheckpointError(
+            f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: "
+            f"{_first_line(e)})"
         ) from None
     if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
         raise CheckpointError(
             f"{path} is not an orchard_app checkpoint (no fingerprint/model entries)"
         )
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of a library's message, whole."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
