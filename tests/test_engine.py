@@ -280,7 +280,7 @@ def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_pat
 def test_garbage_checkpoint_is_a_clear_error(tiny_npz, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
         train(
             compose(*tiny_overrides(tiny_npz, f"training.resume={junk}")), output_dir=tmp_path / "r"
         )

@@ -109,9 +109,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # not a pickle at all
+        if "GLOBAL" not in str(e):  # not a pickle at all: quote torch's cause, not its advice
             raise CheckpointError(
-                f"{path} cannot be read as an orchard_app checkpoint ({_first_line(e)})"
+                f"{path} is not a readable torch checkpoint ({_cause(e)})"
             ) from None
         # Python objects that the safe load refuses. torch's own text suggests
         # weights_only=False, exactly the unsafe fix: it is never passed on.
@@ -138,3 +138,10 @@ def _first_line(e: BaseException) -> str:
     """The first non-empty line of a library's message, whole."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def _cause(e: BaseException) -> str:
+    """torch's weights-only failure is its advice paragraph, then the cause: keep the cause."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if "weights_only" not in line and "torch.load" not in line]
+    return causes[-1] if causes else type(e).__name__
