@@ -32,7 +32,8 @@ from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_
 log = logging.getLogger("orchard_app.tracking")
 
 # Files of a run dir logged as artifacts (missing ones are skipped). Add new outputs here.
-RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv")
+RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv",
+                    "exports/model.onnx", "exports/model_int8.onnx", "exports/benchmark.json")  # fmt: skip
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
 RECORD_ARTIFACTS = ("provenance.json", "requirements.txt", "logs", ".hydra")
 OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
@@ -180,6 +181,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     monitor = summary.get("monitor") or {}
     if _is_number(monitor.get("best_value")):
         out[f"best_{monitor['name']}"] = float(monitor["best_value"])
+    for key, value in (summary.get("export") or {}).items():  # export_<model>_<metric>
+        if _is_number(value):
+            out[_safe_key(key)] = float(value)
     for key in ("best_epoch", "epochs_run", "train_seconds"):
         if _is_number(summary.get(key)):
             out[key] = float(summary[key])
