@@ -70,7 +70,7 @@ def export_run(
     metadata = _metadata(cfg, parts, config_hash)
     deployable = Deployable(parts.preprocess, parts.model, info.multilabel).eval()
     name = f"model={cfg.model.name}"
-    log.info("export: %s from %s (epoch %s), %d threads, to %s", name, parts.checkpoint,
+    log.info("export: %s from %s (epoch %s), %d thread(s), to %s", name, parts.checkpoint,
              parts.epoch, threads, out_dir)  # fmt: skip
 
     with torch_threads(threads):

@@ -296,3 +296,31 @@ def test_exports_are_logged_to_mlflow(tmp_path):
         run.data.metrics["export_pytorch_accuracy"]
     )
     assert "export_onnx_int8_batch_1_ms" in run.data.metrics
+
+
+ZOO = [("mini_cnn", 28), ("resnet18_adapted", 28), ("resnet18", 64), ("efficientnet_b0", 28),
+       ("convnext_tiny", 64), ("vit_tiny", 224), ("timm", 64)]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "side"), ZOO)
+def test_every_model_in_the_zoo_exports_and_matches_pytorch(name, side, tmp_path):
+    """Each conf/model entry (untrained, exportable build) through the deployable graph: one
+    ONNX file whose probabilities on random uint8 images match PyTorch's at batch 1 and 5."""
+    from orchard_app.data.preprocess import Preprocess
+    from orchard_app.export.graph import Deployable, torch_predictor
+    from orchard_app.export.onnx_export import export_onnx
+    from orchard_app.export.validate import max_deviation, random_images
+    from orchard_app.models import build_model
+
+    cfg = compose(f"model={name}", f"dataset.resolution={side}")
+    model = build_model(cfg.model, 3, 4, resolution=side, exportable=True)
+    deployable = Deployable(Preprocess(0.5, 0.5, channels=1, in_chans=3), model, False).eval()
+    sample = torch.from_numpy(random_images(2, (1, side, side), seed=0))
+    export_onnx(deployable, sample, tmp_path / "m.onnx", 18, {"model": name}, model_name=name)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # one self-contained file
+    sess = session(tmp_path / "m.onnx")
+    for batch in (1, 5):
+        x = random_images(batch, (1, side, side), seed=batch)
+        got = sess.run(None, {"image": x})[0]
+        assert max_deviation(torch_predictor(deployable)(x), got) < 1e-4
