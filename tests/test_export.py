@@ -173,6 +173,20 @@ def test_resnet18_adapted_run_exported_from_its_run_dir_never_fetches_pretrained
             assert sess.run(None, {"image": np.ascontiguousarray(x[:batch])})[0].shape == (batch, 3)
 
 
+def test_multi_label_export_gives_one_sigmoid_per_label(tmp_path):
+    npz = make_npz(tmp_path / "ml.npz", classes=4, multilabel=True)
+    run = tmp_path / "run"
+    train(compose(*tiny_overrides(npz, "export.enabled=true", "export.int8=false", *QUICK)),
+          output_dir=run)  # fmt: skip
+    bench = read_json(run / "exports" / "benchmark.json")
+    assert bench["task"] == "multi-label" and bench["int8"] is None and bench["deviation"]["passed"]
+    assert "sigmoid" in metadata(run / "exports" / "model.onnx")["output"]
+    x = np.load(npz)["test_images"][:5, None]
+    probs = session(run / "exports" / "model.onnx").run(None, {"image": x})[0]
+    assert probs.shape == (5, 4) and not np.allclose(probs.sum(1), 1)  # not a softmax
+    assert sorted(p.name for p in (run / "exports").iterdir()) == ["benchmark.json", "model.onnx"]
+
+
 def test_deviation_beyond_the_tolerance_fails_with_the_deviation_printed(tmp_path):
     npz = make_npz(tmp_path / "d.npz")
     args = tiny_overrides(npz, "export.enabled=true", "export.max_deviation=1e-15",
@@ -281,21 +295,26 @@ def test_export_help_imports_neither_torch_nor_onnx(tmp_path):
 
 
 @pytest.mark.slow
-def test_exports_are_logged_to_mlflow(tmp_path):
+def test_exports_are_logged_to_mlflow_at_the_end_of_training_and_by_a_later_export(tmp_path):
     from mlflow import MlflowClient
 
-    db = tmp_path / "mlflow.db"
+    from orchard_app.export.__main__ import main
+
+    db, run_dir = tmp_path / "mlflow.db", tmp_path / "r"
     npz = make_npz(tmp_path / "d.npz")
     train(compose(*tiny_overrides(npz, "export.enabled=true", "tracking=mlflow",
-                                  f"tracking.uri=sqlite:///{db}", *QUICK)), output_dir=tmp_path / "r")  # fmt: skip
+                                  f"tracking.uri=sqlite:///{db}", *QUICK)), output_dir=run_dir)  # fmt: skip
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("orchard_app").experiment_id])
     files = {a.path for a in client.list_artifacts(run.info.run_id, "exports")}
     assert files == {f"exports/{name}" for name in EXPORTS}
-    assert run.data.metrics["export_onnx_fp32_accuracy"] == pytest.approx(
-        run.data.metrics["export_pytorch_accuracy"]
-    )
-    assert "export_onnx_int8_batch_1_ms" in run.data.metrics
+    metrics = run.data.metrics
+    assert metrics["export_onnx_fp32_accuracy"] == pytest.approx(metrics["export_pytorch_accuracy"])
+    assert "export_onnx_int8_batch_1_ms" in metrics and "export_max_deviation" in metrics
+
+    main([str(run_dir), *QUICK])  # a later export adds to the same MLflow run
+    history = client.get_metric_history(run.info.run_id, "export_onnx_fp32_accuracy")
+    assert len(history) == 2 and len(client.search_runs([run.info.experiment_id])) == 1
 
 
 ZOO = [("mini_cnn", 28), ("resnet18_adapted", 28), ("resnet18", 64), ("efficientnet_b0", 28),

@@ -103,10 +103,28 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
 
             bench = export_run(cfg, checkpoint, run_dir / EXPORT_DIR, ckpt=ckpt,
                                report=run_dir / "report.md")  # fmt: skip
+            if is_run and cfg.tracking.name == "mlflow":
+                _track(run_dir, bench)
         logging.getLogger("orchard_app.export").info("done: %s", run_dir / EXPORT_DIR)
         return bench
     finally:
         undo()
+
+
+def _track(run_dir: Path, bench: dict) -> None:
+    """Add the exports to the run's MLflow run, as `train()` logs them with export.enabled."""
+    import json
+    import os
+
+    tracking = json.loads((run_dir / "provenance.json").read_text()).get("tracking") or {}
+    if "mlflow_run_id" not in tracking:
+        return
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our handlers route its lines
+    from orchard_app.deployment import summary_metrics
+    from orchard_app.tracking.mlflow_tracker import RESULT_ARTIFACTS, add_to_run
+
+    files = [name for name in RESULT_ARTIFACTS if name.startswith("exports/")] + ["report.md"]
+    add_to_run(tracking, run_dir, files, summary_metrics(bench))
 
 
 def _parser() -> argparse.ArgumentParser:
