@@ -34,6 +34,15 @@ class CheckpointError(OrchardError):
     title = "checkpoint problem"
 
 
+class ExportError(OrchardError):
+    """The deployment export failed: an operation ONNX cannot express, or an exported model
+    whose outputs deviate from PyTorch's beyond export.max_deviation. Exit code 3, so a script
+    can tell a failed export of a trained model from a failed training."""
+
+    exit_code = 3
+    title = "deployment export failed"
+
+
 class NonFiniteLossError(OrchardError):
     title = "training diverged"
 

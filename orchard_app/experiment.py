@@ -101,14 +101,20 @@ def train(
         if ctx.is_main:
             progress.phase = "writing the results"
             _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
-            tracker.log_results(summary, run_path)
+            try:
+                if cfg.export.enabled:  # the best checkpoint, as a deployment would get it
+                    progress.phase = "the deployment export"
+                    summary["export"] = _export(cfg, run_path, data)
+            finally:  # a failed export still leaves the training's results tracked
+                tracker.log_results(summary, run_path)
 
         log.info(
             "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  "
             "balanced accuracy %.4f", state.best_epoch, engine.monitor, state.best_value,
             test["accuracy"], test["auc"], test["macro_f1"], test["balanced_accuracy"],
         )  # fmt: skip
-        log.info("done: %s  (report.md, metrics.json, checkpoints/best.pt)", run_path)
+        files = ["report.md", "metrics.json", "checkpoints/best.pt"]
+        log.info("done: %s  (%s)", run_path, ", ".join(files + ["exports/"] * cfg.export.enabled))
         return float(state.best_value)
 
 
@@ -192,6 +198,14 @@ def _summary(cfg, engine: Engine, data, test: dict, n_params: int, seconds: floa
         },
         "history": state.history,
     }  # fmt: skip
+
+
+def _export(cfg, run_path: Path, data) -> dict:
+    from orchard_app.deployment import EXPORT_DIR, export_run, summary_metrics
+
+    best = run_path / "checkpoints" / "best.pt"
+    bench = export_run(cfg, best, run_path / EXPORT_DIR, data=data, report=run_path / "report.md")
+    return summary_metrics(bench)
 
 
 def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs) -> None:

@@ -232,7 +232,7 @@ def test_unknown_key_without_a_near_name_lists_the_known_ones():
         validate(compose("+banana=1"))
     assert err.value.problems == [
         "banana: not a known key; the keys of the config are dataset, model, optimizer, "
-        "scheduler, hardware, tracking, training, evaluation, hpo"
+        "scheduler, hardware, tracking, training, evaluation, hpo, export"
     ]
 
 

@@ -106,11 +106,12 @@ def test_a_resolution_the_model_cannot_take_is_refused_at_config_time(name):
 
 def test_vit_at_28_px_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
     train_module = importlib.import_module("orchard_app.experiment")
+    assembly = importlib.import_module("orchard_app.runtime.assemble")
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded")
 
-    monkeypatch.setattr(train_module, "load_dataset", no_data)
+    monkeypatch.setattr(assembly, "load_dataset", no_data)
     with pytest.raises(ConfigError) as err:
         train_module.train(compose("model=vit_tiny"), output_dir=tmp_path / "run")
     assert "dataset.resolution=28: vit_tiny_patch16_224 takes 224 px" in str(err.value)

@@ -30,6 +30,7 @@ MACHINE_KEYS = (
     "tracking",
     "training.resume",
     "hpo",  # how the study around a run searches, not the run itself
+    "export",  # what is done with the trained model afterwards (exports/), not the training
 )
 
 

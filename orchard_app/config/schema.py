@@ -151,6 +151,25 @@ class HpoConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Deployment export: ONNX fp32 and INT8 with the preprocessing inside the graph, validated
+    against PyTorch and benchmarked side by side (orchard_app/export, README "Deployment export")."""
+
+    enabled: bool = False  # export checkpoints/best.pt at the end of training
+    opset: int = 18  # ONNX opset (18 is the oldest the torch exporter writes reliably)
+    max_deviation: float = 1e-4  # max |p_onnx - p_torch| over the probabilities
+    strict: bool = True  # a deviation beyond max_deviation fails the export (false: a warning)
+    random_samples: int = 32  # random uint8 images checked besides the real test images
+    int8: bool = True  # also write model_int8.onnx (static QDQ, per-channel weights)
+    calibration_samples: int = 256  # training images that calibrate the INT8 ranges
+    max_int8_drop: float = 1.0  # test accuracy points INT8 may lose before a loud warning
+    threads: int | None = 1  # torch and onnxruntime threads; null = hardware.num_threads or torch's
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    latency_warmup: int = 5  # untimed runs per model and batch size
+    latency_repeats: int = 30  # timed runs per model and batch size (the median is reported)
+
+
+@dataclass
 class OrchardConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -161,6 +180,7 @@ class OrchardConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hpo: HpoConfig = field(default_factory=HpoConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def register() -> None:

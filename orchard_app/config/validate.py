@@ -75,6 +75,7 @@ def validate(cfg: DictConfig) -> None:
     _dataset(r)
     _model(r)
     _hardware(r)
+    _export(r)
     r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
     for key, value in r.nonfinite.items():  # float fields without a rule of their own
         r.fail(key, value, "must be a finite number")
@@ -261,3 +262,29 @@ def _hardware(r: _Rules) -> None:
             "fp16",
             "fp16 autocast needs CUDA; on CPU use hardware.amp_dtype=bf16 (or auto)",
         )
+
+
+def _export(r: _Rules) -> None:
+    r.check(
+        "export.opset",
+        lambda v: 18 <= v <= 25,
+        "must be an ONNX opset from 18 to 25 (the torch exporter cannot convert models down to "
+        "older opsets), e.g. export.opset=18",
+    )
+    r.check("export.max_deviation", lambda v: v > 0, "must be > 0, e.g. export.max_deviation=1e-4")
+    r.check("export.random_samples", lambda v: v >= 1, "must be >= 1 random image")
+    r.check("export.calibration_samples", lambda v: v >= 1, "must be >= 1 training image")
+    r.check("export.max_int8_drop", lambda v: 0 <= v <= 100, "must be in [0, 100] accuracy points")
+    r.check(
+        "export.threads",
+        lambda v: v >= 1,
+        "must be >= 1, or null for hardware.num_threads",
+        nullable=True,
+    )
+    r.check(
+        "export.latency_batch_sizes",
+        lambda v: len(v) > 0 and all(isinstance(b, int) and b >= 1 for b in v),
+        "must be a list of batch sizes >= 1, e.g. [1,64]",
+    )
+    r.check("export.latency_warmup", lambda v: v >= 0, "must be >= 0 runs")
+    r.check("export.latency_repeats", lambda v: v >= 1, "must be >= 1 run")

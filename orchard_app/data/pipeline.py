@@ -13,6 +13,7 @@ import torch
 
 from orchard_app.data.augment import BatchAugment
 from orchard_app.data.dataset import DataBundle, Split
+from orchard_app.data.preprocess import Preprocess
 
 RESIDENT_MAX_BYTES = 4 << 30  # on CUDA, splits below this are copied to the GPU once
 
@@ -21,8 +22,7 @@ class BatchPipeline:
     def __init__(self, data: DataBundle, ds_cfg, device: torch.device, channels_last: bool = False):
         self.data = data
         self.device = device
-        self.mean, self.std = float(ds_cfg.mean), float(ds_cfg.std)
-        self.force_rgb = data.info.in_chans == 3 and data.info.channels == 1
+        self.preprocess = Preprocess.for_data(ds_cfg, data.info)  # the exported graph's, too
         self.augment = BatchAugment(ds_cfg.augment, data.info.in_chans)
         self.balanced = bool(ds_cfg.balanced_sampler)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -74,11 +74,7 @@ class BatchPipeline:
         )
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(dtype=torch.float32).div_(255.0)
-        if self.force_rgb:
-            x = x.expand(-1, 3, -1, -1)
-        return x
+        return self.preprocess.scale(x)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
+        return self.preprocess.normalise(x).contiguous(memory_format=self.memory_format)

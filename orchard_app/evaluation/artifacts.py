@@ -14,19 +14,19 @@ import numpy as np
 from orchard_app.evaluation.metrics import predictions
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON has no NaN: write null instead (a class absent from a split has no AUC)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
 def write_metrics(path: Path, summary: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    path.write_text(json.dumps(clean_json(summary), indent=2) + "\n")
 
 
 def write_predictions(

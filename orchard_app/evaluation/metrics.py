@@ -10,6 +10,7 @@ Classes (or labels) absent from y_true have no AUC and are left out of the mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -54,6 +55,18 @@ def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray) -> dict[st
         "auc": float(auc),
         "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
     }
+
+
+def evaluate_predictor(
+    predict: Callable[[np.ndarray], np.ndarray],
+    batches: Iterable[np.ndarray],
+    labels: np.ndarray,
+    task: str,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics and probabilities of any predictor (raw image batch -> probabilities): a PyTorch
+    module and an onnxruntime session are compared by this one function, on the same batches."""
+    probs = np.concatenate([np.asarray(predict(b), dtype=np.float32) for b in batches])
+    return compute_metrics(task, labels, probs), probs
 
 
 def per_class_report(

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from orchard_app.atomic import atomic_write
+
 METRIC_LABELS = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",
@@ -85,7 +87,8 @@ def write_report(
         "",
         "`metrics.json` (all numbers), `predictions_test.csv` (per-sample predictions), `checkpoints/best.pt` "
         "and `checkpoints/last.pt`, `provenance.json` (code version, command, environment, status), "
-        "`requirements.txt`, `logs/run.log` and `logs/run.jsonl`, `.hydra/` (config and overrides as Hydra composed them).",
+        "`requirements.txt`, `logs/run.log` and `logs/run.jsonl`, `.hydra/` (config and overrides as Hydra composed them); "
+        "with `export.enabled=true`, `exports/` (ONNX models and benchmark.json).",
         "",
         "## Config",
         "",
@@ -95,3 +98,83 @@ def write_report(
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+EXPORT_BEGIN, EXPORT_END = "<!-- export -->", "<!-- /export -->"
+EXPORT_LABELS = {"pytorch": "PyTorch fp32", "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX INT8"}
+
+
+def export_section(bench: dict[str, Any], folder: str = "exports") -> list[str]:
+    """The "Deployment export" section: accuracy, AUC, size and latency of each model."""
+    lat, dev, int8 = bench["latency"], bench["deviation"], bench.get("int8")
+    sizes = lat["batch_sizes"]
+    shape = "x".join(str(d) for d in bench["input"]["shape"])
+    files = [f"`{folder}/{m['file']}`" for m in bench["models"].values() if m.get("file")]
+    lines = [
+        EXPORT_BEGIN,
+        "## Deployment export",
+        "",
+        f"{' and '.join(files)} (opset {bench['opset']}) take `{bench['input']['name']}`: uint8 "
+        f"NCHW {shape}, the raw pixels as stored; scaling, channel expansion, normalisation and "
+        f"the {bench['output']['values']} are inside the graph. Checkpoint `{bench['checkpoint']}` "
+        f"(epoch {bench['epoch']}), config hash `{bench['config_hash'][:12]}`.",
+        "",
+        f"Numerical check against PyTorch: max |Δp| = {dev['max']:.2e} ({dev['random_samples']} "
+        f"random and {dev['test_samples']} test images; export.max_deviation = "
+        f"{dev['tolerance']:g}): **{'passed' if dev['passed'] else 'FAILED'}**.",
+        "",
+        "| model | test accuracy | test AUC | Δ accuracy (points) | "
+        + " | ".join(f"latency batch {b} (ms)" for b in sizes)
+        + " | size (MB) |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in sizes) + " | --- |",
+    ]
+    ref = bench["models"]["pytorch"]["test"]["accuracy"]
+    for key, m in bench["models"].items():
+        test, ms = m["test"], m.get("latency_ms", {})
+        delta = "" if key == "pytorch" else f"{100 * (test['accuracy'] - ref):+.2f}"
+        cells = [
+            EXPORT_LABELS.get(key, key),
+            _fmt(test.get("accuracy")),
+            _fmt(test.get("auc")),
+            delta,
+        ]
+        cells += [f"{ms[f'batch_{b}_ms']:.2f}" if f"batch_{b}_ms" in ms else "" for b in sizes]
+        lines.append("| " + " | ".join([*cells, f"{m.get('size_mb', 0):.1f}"]) + " |")
+    lines += [
+        "",
+        f"Latency: median of {lat['repeats']} runs after {lat['warmup']} warm-up runs, "
+        f"{lat['threads']} thread(s), {lat['cpu']}; torch {lat['torch']}, onnxruntime "
+        f"{lat['onnxruntime']}.",
+    ]
+    if int8:
+        lines += [
+            "",
+            f"INT8: static {int8['format']}, weights {int8['weights']}, activations "
+            f"{int8['activations']}, calibrated ({int8['calibration']}) on "
+            f"{int8['calibration_samples']} training images; predictions agree with PyTorch on "
+            f"{100 * int8['prediction_agreement']:.1f}% of the test images.",
+        ]
+        if not int8["within_limit"]:
+            lines += [
+                "",
+                f"**Warning: INT8 loses {int8['accuracy_drop_points']:.2f} accuracy points, more "
+                f"than export.max_int8_drop = {int8['max_drop_points']:g}. Check it before "
+                "shipping model_int8.onnx.**",
+            ]
+    return [*lines, EXPORT_END, ""]
+
+
+def update_export_section(path: Path, bench: dict[str, Any], folder: str = "exports") -> None:
+    """Put the export section into a run's report.md: replacing an earlier one, else before
+    the epoch table (or at the end)."""
+    text = path.read_text(encoding="utf-8")
+    section = "\n".join(export_section(bench, folder))
+    begin, end = text.find(EXPORT_BEGIN), text.find(EXPORT_END)
+    if begin != -1 and end != -1:
+        rest = text[end + len(EXPORT_END) :].lstrip("\n")
+        text = text[:begin] + section + "\n" + rest
+    elif (at := text.find("\n## Epochs")) != -1:
+        text = text[: at + 1] + section + "\n" + text[at + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write(path, text)

@@ -30,7 +30,7 @@ class MiniCNN(nn.Module):
 
 
 def build_mini_cnn(
-    cfg, in_chans: int, num_classes: int, resolution: int | None = None
+    cfg, in_chans: int, num_classes: int, resolution: int | None = None, exportable: bool = False
 ) -> nn.Module:
     """Any input side from 4 px up: two max-pools, then global average pooling."""
     return MiniCNN(in_chans, num_classes, dropout=float(cfg.dropout), **dict(cfg.params))

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    # "module:function(model_cfg, in_chans, num_classes, resolution) -> nn.Module";
-    # resolution is the input side in pixels, or None when the caller does not know it.
+    # "module:function(model_cfg, in_chans, num_classes, resolution, exportable) -> nn.Module";
+    # resolution is the input side in pixels, or None when the caller does not know it;
+    # exportable=True asks for layers that ONNX export can trace (timm's `exportable`).
     builder: str
     has_pretrained: bool = False
     has_drop_path: bool = False
@@ -43,7 +44,11 @@ _TURN_OFF = {"drop_path_rate": "set model.drop_path=0", "drop_rate": "set model.
 
 
 def build_model(
-    model_cfg: Any, in_chans: int, num_classes: int, resolution: int | None = None
+    model_cfg: Any,
+    in_chans: int,
+    num_classes: int,
+    resolution: int | None = None,
+    exportable: bool = False,
 ) -> nn.Module:
     spec = REGISTRY.get(model_cfg.arch)
     if spec is None:
@@ -54,7 +59,8 @@ def build_model(
     module_name, func_name = spec.builder.split(":")
     builder = getattr(importlib.import_module(module_name), func_name)
     try:
-        return builder(model_cfg, in_chans=in_chans, num_classes=num_classes, resolution=resolution)
+        return builder(model_cfg, in_chans=in_chans, num_classes=num_classes,
+                       resolution=resolution, exportable=exportable)  # fmt: skip
     except TypeError as e:
         # A knob the architecture does not have (model.params.<typo>, drop_path on a timm model
         # without stochastic depth) surfaces as a TypeError deep inside the constructor.

@@ -91,12 +91,12 @@ def _resnet18(cfg, in_chans: int, num_classes: int, adapted: bool) -> nn.Module:
 
 
 def build_resnet18_adapted(
-    cfg, in_chans: int, num_classes: int, resolution: int | None = None
+    cfg, in_chans: int, num_classes: int, resolution: int | None = None, exportable: bool = False
 ) -> nn.Module:
     return _resnet18(cfg, in_chans, num_classes, adapted=True)
 
 
 def build_resnet18(
-    cfg, in_chans: int, num_classes: int, resolution: int | None = None
+    cfg, in_chans: int, num_classes: int, resolution: int | None = None, exportable: bool = False
 ) -> nn.Module:
     return _resnet18(cfg, in_chans, num_classes, adapted=False)

@@ -16,7 +16,9 @@ from orchard_app.errors import ModelError
 from orchard_app.models.weights import hub_cache_file, read_state_dict, reason
 
 
-def build_timm(cfg, in_chans: int, num_classes: int, resolution: int | None = None) -> nn.Module:
+def build_timm(
+    cfg, in_chans: int, num_classes: int, resolution: int | None = None, exportable: bool = False
+) -> nn.Module:
     import timm
 
     name = str(cfg.name)
@@ -28,6 +30,8 @@ def build_timm(cfg, in_chans: int, num_classes: int, resolution: int | None = No
     params = dict(cfg.params)
     _check_input_side(name, params, resolution)
     kwargs = dict(in_chans=in_chans, num_classes=num_classes, drop_rate=float(cfg.dropout))
+    if exportable:  # layers ONNX export can trace (e.g. no in-place memory-efficient activations)
+        kwargs["exportable"] = True
     if cfg.drop_path:
         kwargs["drop_path_rate"] = float(cfg.drop_path)
     local = None  # a weights file on disk: model.weights, or the Hugging Face cache's copy

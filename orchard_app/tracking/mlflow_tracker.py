@@ -32,7 +32,8 @@ from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_
 log = logging.getLogger("orchard_app.tracking")
 
 # Files of a run dir logged as artifacts (missing ones are skipped). Add new outputs here.
-RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv")
+RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv",
+                    "exports/model.onnx", "exports/model_int8.onnx", "exports/benchmark.json")  # fmt: skip
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
 RECORD_ARTIFACTS = ("provenance.json", "requirements.txt", "logs", ".hydra")
 OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
@@ -112,13 +113,7 @@ class MlflowTracker:
 
     def log_artifacts(self, names) -> None:
         """Log these files or folders of the run dir (relative paths), keeping their layout."""
-        for name in names:
-            path = self.run_dir / name
-            parent = str(Path(name).parent) if Path(name).parent != Path(".") else None
-            if path.is_dir():
-                self.client.log_artifacts(self.run_id, str(path), artifact_path=name)
-            elif path.is_file():
-                self.client.log_artifact(self.run_id, str(path), artifact_path=parent)
+        log_files(self.client, self.run_id, self.run_dir, names)
 
     # ------------------------------------------------------------------ pieces
     def _tags(self) -> dict[str, str]:
@@ -148,6 +143,37 @@ class MlflowTracker:
             yield
         except (MlflowException, OSError) as e:
             log.warning("mlflow: could not log %s: %s (the run directory has it)", what, e)
+
+
+def log_files(client, run_id: str, run_dir: Path, names) -> None:
+    """Log these files or folders of `run_dir` (relative paths) to a run, keeping their layout."""
+    for name in names:
+        path = run_dir / name
+        parent = str(Path(name).parent) if Path(name).parent != Path(".") else None
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=name)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path=parent)
+
+
+def add_to_run(tracking: dict[str, Any], run_dir: Path, names, metrics: dict[str, float]) -> None:
+    """Add files and metrics to the MLflow run a run directory recorded (provenance.json's
+    `tracking`: its URI and run id), e.g. a later export of it. A failure is a warning."""
+    from mlflow import MlflowClient
+
+    run_id, uri = tracking["mlflow_run_id"], tracking["mlflow_tracking_uri"]
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        stamp = _millis()
+        client.log_batch(
+            run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        )
+        log_files(client, run_id, run_dir, names)
+        log.info("mlflow: added %s to run %s at %s", ", ".join(names), run_id, uri)
+    except (MlflowException, OSError) as e:
+        log.warning(
+            "mlflow: could not add the export to run %s: %s (the run dir has it)", run_id, e
+        )
 
 
 def params(config: dict[str, Any]) -> list[Param]:
@@ -180,6 +206,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     monitor = summary.get("monitor") or {}
     if _is_number(monitor.get("best_value")):
         out[f"best_{monitor['name']}"] = float(monitor["best_value"])
+    for key, value in (summary.get("export") or {}).items():  # export_<model>_<metric>
+        if _is_number(value):
+            out[_safe_key(key)] = float(value)
     for key in ("best_epoch", "epochs_run", "train_seconds"):
         if _is_number(summary.get(key)):
             out[key] = float(summary[key])

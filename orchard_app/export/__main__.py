@@ -1,0 +1,151 @@
+"""`python -m orchard_app.export <run dir or checkpoint> [key=value ...]`: export a trained run
+without retraining, as `export.enabled=true` does at the end of training.
+
+The config is composed like the training command's: conf/ first, then the run's saved config
+(<run dir>/.hydra/config.yaml, else the checkpoint's own), then the overrides given here
+(e.g. export.opset=19 export.int8=false). The model is rebuilt without pretrained weights (the
+checkpoint has them), so this works offline; writes <run dir>/exports/ and the report section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchard_app.errors import CheckpointError, OrchardError
+
+PROG = "python -m orchard_app.export"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        run(args.target, args.overrides, show_cfg=args.cfg)
+    except OrchardError as e:
+        print(f"\norchard_app.export: {e.title}:\n{e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        print("\norchard_app.export: interrupted; no half-written file was kept.",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(130) from None
+
+
+def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | None:
+    """Export `target` (a run directory or a checkpoint file); returns benchmark.json's content."""
+    checkpoint, run_dir = resolve_target(Path(target).expanduser())
+    saved, source, ckpt = _saved_config(checkpoint, run_dir)
+    from orchard_app.config.saved import compose_saved
+
+    cfg = compose_saved(saved, overrides, source)
+    if show_cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg), end="")
+        return None
+    from orchard_app.config.validate import validate
+
+    validate(cfg)
+    return _export(cfg, checkpoint, run_dir, ckpt)
+
+
+def resolve_target(target: Path) -> tuple[Path, Path]:
+    """(checkpoint, run directory): a run dir's checkpoints/best.pt, or the file given."""
+    if target.is_dir():
+        best = target / "checkpoints" / "best.pt"
+        if not best.is_file():
+            raise CheckpointError(
+                f"{target} has no checkpoints/best.pt: not a run directory, or its run never "
+                f"finished an epoch.\n  Pass a run directory (outputs/<date>/<run>) or a "
+                f"checkpoint file: {PROG} <run dir or checkpoint>"
+            )
+        return best, target
+    if target.is_file():
+        parent = target.parent
+        return target, (parent.parent if parent.name == "checkpoints" else parent)
+    raise CheckpointError(
+        f"{target}: no such run directory or checkpoint file.\n"
+        f"  Pass a run directory (outputs/<date>/<run>) or a checkpoint: {PROG} <path>"
+    )
+
+
+def _saved_config(checkpoint: Path, run_dir: Path) -> tuple[dict, str, dict | None]:
+    """The run's config: .hydra/config.yaml when the run dir has one (no torch needed),
+    else the resolved config recorded in the checkpoint (read once, reused for the weights)."""
+    hydra_config = run_dir / ".hydra" / "config.yaml"
+    if hydra_config.is_file():
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(hydra_config)), str(hydra_config), None
+    from orchard_app.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if not ckpt.get("config"):
+        raise CheckpointError(
+            f"{checkpoint} records no config and {hydra_config} is missing, so the model cannot "
+            "be rebuilt; export a checkpoint written by orchard_app training"
+        )
+    return ckpt["config"], str(checkpoint), ckpt
+
+
+def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
+    import contextlib
+    import logging
+
+    from orchard_app.tracking.lock import RunLock
+    from orchard_app.tracking.logging import setup_console_only
+
+    undo = setup_console_only(logging.INFO)
+    try:
+        is_run = (run_dir / "provenance.json").is_file()  # a run dir: one writer at a time
+        with RunLock(run_dir) if is_run else contextlib.nullcontext():
+            from orchard_app.deployment import EXPORT_DIR, export_run
+
+            bench = export_run(cfg, checkpoint, run_dir / EXPORT_DIR, ckpt=ckpt,
+                               report=run_dir / "report.md")  # fmt: skip
+            if is_run and cfg.tracking.name == "mlflow":
+                _track(run_dir, bench)
+        logging.getLogger("orchard_app.export").info("done: %s", run_dir / EXPORT_DIR)
+        return bench
+    finally:
+        undo()
+
+
+def _track(run_dir: Path, bench: dict) -> None:
+    """Add the exports to the run's MLflow run, as `train()` logs them with export.enabled."""
+    import json
+    import os
+
+    tracking = json.loads((run_dir / "provenance.json").read_text()).get("tracking") or {}
+    if "mlflow_run_id" not in tracking:
+        return
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our handlers route its lines
+    from orchard_app.deployment import summary_metrics
+    from orchard_app.tracking.mlflow_tracker import RESULT_ARTIFACTS, add_to_run
+
+    files = [name for name in RESULT_ARTIFACTS if name.startswith("exports/")] + ["report.md"]
+    add_to_run(tracking, run_dir, files, summary_metrics(bench))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a trained run to ONNX (fp32 and INT8, preprocessing inside the "
+        "graph), check it against PyTorch and benchmark accuracy and latency side by side.",
+        epilog="Examples:\n"
+        f"  {PROG} outputs/2025-01-01/bloodmnist_resnet18_adapted_ab12cd_10-00-00\n"
+        f"  {PROG} <run dir>/checkpoints/last.pt export.int8=false\n"
+        f"  {PROG} <run dir> export.opset=19 export.threads=1 export.latency_repeats=100\n"
+        f"  {PROG} <run dir> --cfg      # the composed config, nothing exported\n"
+        "Writes <run dir>/exports/model.onnx, model_int8.onnx and benchmark.json; exit code 3 "
+        "when the export fails its check (export.max_deviation).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("target", help="a run directory (its checkpoints/best.pt) or a checkpoint")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. export.opset=19")
+    parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    return parser
+
+
+if __name__ == "__main__":
+    main()
