@@ -246,6 +246,18 @@ def test_experiments_are_model_training_experiments_so_the_ui_opens_on_runs(db):
     assert mlflow.get_experiment(older).tags[kind] == "custom_model_development"
 
 
+def test_the_ui_hint_opens_the_runs_in_the_model_training_view():
+    from orchard_app.tracking import ui_hint
+
+    assert ui_hint("http://mlflow.lab:5000/", "7") == (
+        "http://mlflow.lab:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
+    assert ui_hint("sqlite:////data/mlflow.db", "1", "abc") == (
+        "mlflow ui --backend-store-uri sqlite:////data/mlflow.db, then open "
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
+
+
 def test_an_absent_tracking_server_fails_within_its_timeout_naming_the_uri(tiny_npz, tmp_path):
     """MLflow's own retries take ~250 s to give up on a refused port; tracking.timeout_s=15."""
     started = time.monotonic()
@@ -435,6 +447,10 @@ def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz,
         assert prov["tracking"]["mlflow_parent_run_id"] == parent.info.run_id
     output = result.stdout + result.stderr
     assert output.count("Launching 2 jobs locally") == 1
+    # where to look, once, under the summary: the runs page in the UI's model-training view
+    hint = f"MLflow: mlflow ui --backend-store-uri sqlite:///{db}, then open http://127.0.0.1:5000/"
+    assert output.count(hint) == 1
+    assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in output
     for noise in ("alembic", "Running upgrade", "Creating experiment", "View run", "INFO"):
         assert noise not in output, noise
 
