@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> float:
         from orchard_app.outcomes import is_pruned
 
         if multirun and is_pruned(e):  # the sweeper records it as pruned
-            record_job("pruned", error=str(e), epoch=getattr(e, "epoch", None))
+            record_job("pruned", error=str(e))
         raise
     record_job("completed", value=value)
     return value
