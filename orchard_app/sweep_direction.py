@@ -15,6 +15,7 @@ import sys
 from omegaconf import DictConfig, ListConfig, open_dict, read_write
 
 from orchard_app.config.monitor import direction_of
+from orchard_app.errors import ConfigError
 from orchard_app.sweep import say
 
 KEY = "hydra.sweeper.direction"
@@ -76,13 +77,11 @@ def _set(config: DictConfig, word: str) -> None:
 
 
 def _refuse(given: str, monitor: str, want: str) -> None:
-    print(
-        f"\norchard_app: the sweep direction contradicts training.monitor:\n"
-        f"  {KEY}={given}, but each trial returns its best {monitor}, where "
-        f"{BETTER[want]} is better ({WORD[want]}).\n"
-        f"  Leave {KEY} out (it follows training.monitor), or choose a monitor that "
-        f"matches it (training.monitor, training.monitor_mode). No trial was run.",
-        file=sys.stderr,
-        flush=True,
-    )
-    raise SystemExit(2)
+    """One message, the wording of orchard_app.hpo's own check, exit 2 (a config error)."""
+    error = ConfigError([
+        f"{KEY}={given} contradicts training.monitor={monitor}, which is to {WORD[want]} "
+        f"(each trial returns its best {monitor}, and {BETTER[want]} is better); drop {KEY} "
+        "(it follows the monitor), or monitor another metric. No trial was run."
+    ])  # fmt: skip
+    print(f"\norchard_app: {error.title}:\n{error}", file=sys.stderr, flush=True)
+    raise SystemExit(error.exit_code)
