@@ -10,7 +10,9 @@ torch; its helpers are imported when a multirun starts): Hydra imports it at eve
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +41,6 @@ def record_job(
     outcome: str, value: float | None = None, error: str | None = None, epoch: int | None = None
 ) -> None:
     """Append this job's end to the sweep's jobs.jsonl (no-op outside a multirun)."""
-    from filelock import FileLock
     from hydra.core.hydra_config import HydraConfig
 
     sweep_dir = sweep_dir_of_job()
@@ -50,6 +51,18 @@ def record_job(
     row = {"job": int(hc.job.num), "outcome": outcome, "value": value, "error": error,
            "run_dir": str(run_dir) if run_dir.exists() else None, "stopped_at_epoch": epoch,
            "overrides": list(hc.overrides.task)}  # fmt: skip
+    if os.environ.get("SUBMITIT_EXECUTOR"):  # where this job's console output went
+        with contextlib.suppress(Exception):
+            import submitit
+
+            row["log"] = str(submitit.JobEnvironment().paths.stderr)
+    append_row(sweep_dir, row)
+
+
+def append_row(sweep_dir: Path, row: dict[str, Any]) -> None:
+    """One line of jobs.jsonl, under a lock (jobs of a sweep end at the same time)."""
+    from filelock import FileLock
+
     sweep_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(sweep_dir / f".{RECORD_NAME}.lock"), timeout=60)
     with lock, open(sweep_dir / RECORD_NAME, "a", encoding="utf-8") as f:
@@ -135,5 +148,5 @@ class SweepSummary(Callback):
         print("\n" + text, file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
-        if "failed" in outcomes and "interrupted" not in outcomes and not study:
+        if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)

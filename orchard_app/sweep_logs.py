@@ -45,8 +45,9 @@ class _Format(logging.Formatter):
 
 def route_launcher_logs(config: DictConfig) -> Callable[[], None] | None:
     """For a submitit launcher: its logger through one deduplicating handler; returns the undo."""
-    if "submitit" not in str(config.hydra.launcher.get("_target_", "")):
-        return None
+    launcher = config.hydra.launcher
+    if "submitit" not in str(launcher.get("_target_", "")) and "submitit_folder" not in launcher:
+        return None  # (a subclass, e.g. hydra/launcher=slurm, keeps submitit_folder)
     import submitit  # noqa: F401  (configures its logger on import: do that first, then replace)
 
     handler = logging.StreamHandler(sys.stderr)

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from orchard_app.sweep import RECORD_NAME, say
 
 POLL_S = 0.5
-ENDED = ("completed", "failed", "interrupted", "pruned")  # "requeued" runs again later
+ENDED = ("completed", "failed", "timeout", "interrupted", "pruned")  # "requeued" runs again
 
 
 def total_jobs(config) -> int | None:
@@ -166,6 +166,8 @@ def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str = "va
             lines.append(f"        stopped at epoch {job['stopped_at_epoch']}")
         elif job.get("error"):
             lines.append(f"        {job['error']}")
+        if job.get("log") and job["outcome"] not in ("completed", "pruned"):
+            lines.append(f"        log: {job['log']}")  # a submitit job's console output
     return "\n".join(lines)
 
 

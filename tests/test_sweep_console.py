@@ -162,19 +162,25 @@ def test_a_launcher_warning_is_printed_once_in_the_app_format(capfd):
     assert (submitit_log.handlers, submitit_log.propagate) == own  # restored after the sweep
 
 
-def _slurm_up() -> None:
+@pytest.fixture(scope="module")
+def cluster():
+    """The workplace's local SLURM cluster, started if it is not running (and then stopped)."""
     if not LOCAL_SLURM.is_file():
-        pytest.skip(f"no local SLURM cluster script at {LOCAL_SLURM}")
-    status = subprocess.run([str(LOCAL_SLURM), "status"], capture_output=True,
-                            stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
-    if status.returncode != 0:
-        pytest.skip(f"the local SLURM cluster is not running; start it: {LOCAL_SLURM} start")
+        pytest.skip(f"the local SLURM cluster script is not at {LOCAL_SLURM}")
+    was_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
+    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_up:
+        subprocess.run([LOCAL_SLURM, "stop"], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(300)  # without sacct, a job killed from outside would be waited for forever
-def test_a_slurm_sweep_shows_each_launcher_warning_once(tiny_npz, tmp_path):
-    _slurm_up()
+def test_a_slurm_sweep_shows_each_launcher_warning_once(cluster, tiny_npz, tmp_path):
     result = run_cli("-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5",
                      *tiny_overrides(tiny_npz, "training.seed=1,2", "hardware.num_threads=1"),
                      cwd=tmp_path, timeout=240)  # fmt: skip
