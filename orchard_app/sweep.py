@@ -2,9 +2,10 @@
 
 Every job, whatever launcher ran it (in this process, another process, a SLURM node), appends
 one line to `<sweep dir>/jobs.jsonl`: job number, outcome, value, the one-line reason of a
-failure and the job's run dir. When the sweep ends, `SweepSummary` (a Hydra callback, see
-conf/config.yaml) prints a short table from it and makes the exit code non-zero when a job
-failed. Light on purpose (no torch): Hydra instantiates it before any job starts.
+failure (or the epoch a pruned run stopped at) and the job's run dir. `SweepSummary` (a Hydra
+callback, see conf/config.yaml) prints a line per row while the sweep runs, a table from it
+when the sweep ends, and makes the exit code non-zero when a job failed. Light on purpose (no
+torch; its helpers are imported when a multirun starts): Hydra imports it at every start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,32 +85,67 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return [jobs[k] for k in sorted(jobs)]
 
 
-def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job["outcome"]] = counts.get(job["outcome"], 0) + 1
-    head = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-    lines = [f"sweep {sweep_dir}: {len(jobs)} job(s): {head}"]
-    for job in jobs:
-        value = "" if job.get("value") is None else f"{job['value']:.4f}"
-        where = job.get("run_dir") or "(no run dir: the job never started)"
-        lines.append(f"  #{job['job']:<3} {job['outcome']:<11} {value:>8}  {where}")
-        if job.get("error"):
-            lines.append(f"       {job['error']}")
-        if job.get("log") and job["outcome"] not in ("completed", "pruned"):
-            lines.append(f"       log: {job['log']}")
-    return "\n".join(lines)
+def say(text: str) -> None:
+    """One console line in the launcher's `[HH:MM:SS] text` style. Printed, not logged: while
+    an in-process job runs, the root logger writes that job's own log files."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 class SweepSummary(Callback):
-    """Print the sweep's summary at its end; exit 1 when a job failed."""
+    """Around a --multirun, in the launcher process: point an Optuna sweeper the monitor's way
+    (sweep_direction.py), route launcher warnings through one handler (sweep_logs.py), print a
+    line per finished job while it runs and a table at its end (sweep_progress.py), and exit 1
+    when a job failed. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._undo_logs = None
+        self._refused = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_progress": None, "_undo_logs": None}
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep_direction import follow_monitor, is_optuna
+        from orchard_app.sweep_logs import route_launcher_logs
+        from orchard_app.sweep_progress import Progress, total_jobs
+
+        try:
+            follow_monitor(config)
+        except SystemExit:
+            self._refused = True
+            raise
+        self._undo_logs = route_launcher_logs(config)
+        noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self._progress = Progress(sweep_dir, total_jobs(config), noun,
+                                  str(config.training.monitor), direction_of(config)).start()  # fmt: skip
+
+    def on_job_end(self, config, job_return, **kwargs: Any) -> None:
+        if self._progress is not None:  # a job of this process: its line comes at once
+            self._progress.poll()
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if self._refused:
+            return
+        from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep_progress import mlflow_hint, summary_text
+
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.stop()
+        if self._undo_logs is not None:
+            self._undo_logs()
+            self._undo_logs = None
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         jobs = read_jobs(sweep_dir)
         if not jobs:
             return
-        print("\n" + summary_text(sweep_dir, jobs), file=sys.stderr, flush=True)
+        text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config))
+        if hint := mlflow_hint(jobs):
+            text += "\n" + hint
+        print("\n" + text, file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:

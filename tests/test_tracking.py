@@ -230,6 +230,58 @@ def test_tracking_uri_defaults_to_sqlite_in_the_start_dir_and_rejects_the_file_s
             resolve_uri(old, tmp_path)
 
 
+def test_experiments_are_model_training_experiments_so_the_ui_opens_on_runs(db):
+    """MLflow 3's UI opens an untagged experiment on its GenAI trace overview (issue 17)."""
+    from omegaconf import OmegaConf
+
+    from orchard_app.tracking.mlflow_store import connect
+
+    kind = "mlflow.experimentKind"
+    mlflow, created, _ = connect(OmegaConf.create({"uri": f"sqlite:///{db}", "experiment": "new"}))
+    assert mlflow.get_experiment(created).tags[kind] == "custom_model_development"
+    older = mlflow.create_experiment("older")  # made by an earlier orchard_app, or by hand
+    assert kind not in mlflow.get_experiment(older).tags
+    _, found, _ = connect(OmegaConf.create({"uri": f"sqlite:///{db}", "experiment": "older"}))
+    assert found == older
+    assert mlflow.get_experiment(older).tags[kind] == "custom_model_development"
+
+
+def test_the_ui_hint_opens_the_runs_in_the_model_training_view():
+    from orchard_app.tracking import ui_hint
+
+    assert ui_hint("http://mlflow.lab:5000/", "7") == (
+        "http://mlflow.lab:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
+    assert ui_hint("sqlite:////data/mlflow.db", "1", "abc") == (
+        "mlflow ui --backend-store-uri sqlite:////data/mlflow.db, then open "
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
+
+
+def test_an_absent_tracking_server_fails_within_its_timeout_naming_the_uri(tiny_npz, tmp_path):
+    """MLflow's own retries take ~250 s to give up on a refused port; tracking.timeout_s=15."""
+    started = time.monotonic()
+    result = run_cli("tracking=mlflow", "tracking.uri=http://127.0.0.1:9/",
+                     *tiny_overrides(tiny_npz), cwd=tmp_path)  # fmt: skip
+    wall = time.monotonic() - started
+    assert result.returncode == 1
+    err = result.stderr
+    assert "Traceback" not in err and "Retrying" not in err  # urllib3's retries: in the log files
+    assert "could not reach the MLflow store http://127.0.0.1:9/ (tracking.uri=http" in err
+    assert "Connection refused" in err and "tracking.timeout_s=15" in err
+    assert int(re.search(r"gave up after (\d+) s", err)[1]) <= 15
+    assert wall < 60, wall  # start-up and torch import included
+
+
+def test_tracking_timeout_must_be_positive_or_null():
+    from orchard_app.config.validate import validate
+    from orchard_app.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tracking.timeout_s=0.0: must be > 0 seconds"):
+        validate(compose("tracking=mlflow", "tracking.timeout_s=0"))
+    validate(compose("tracking=mlflow", "tracking.timeout_s=null"))
+
+
 def test_params_are_flat_json_for_lists_and_cut_to_mlflow_limits():
     from orchard_app.tracking.mlflow_tracker import MAX_PARAM_VAL_LENGTH, flatten
 
@@ -395,6 +447,10 @@ def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz,
         assert prov["tracking"]["mlflow_parent_run_id"] == parent.info.run_id
     output = result.stdout + result.stderr
     assert output.count("Launching 2 jobs locally") == 1
+    # where to look, once, under the summary: the runs page in the UI's model-training view
+    hint = f"MLflow: mlflow ui --backend-store-uri sqlite:///{db}, then open http://127.0.0.1:5000/"
+    assert output.count(hint) == 1
+    assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in output
     for noise in ("alembic", "Running upgrade", "Creating experiment", "View run", "INFO"):
         assert noise not in output, noise
 

@@ -117,6 +117,7 @@ class TrackingConfig:
     uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "orchard_app"
     artifact_location: str | None = None  # null: mlartifacts/ beside a SQLite DB
+    timeout_s: float | None = 15.0  # a tracking server's time to answer; null: MLflow's own
 
 
 @dataclass

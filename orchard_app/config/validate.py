@@ -76,6 +76,12 @@ def validate(cfg: DictConfig) -> None:
     _model(r)
     _hardware(r)
     _export(r)
+    r.check(
+        "tracking.timeout_s",
+        lambda v: v > 0,
+        "must be > 0 seconds, or null for MLflow's own retries (about 4 minutes)",
+        nullable=True,
+    )
     r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
     for key, value in r.nonfinite.items():  # float fields without a rule of their own
         r.fail(key, value, "must be a finite number")

@@ -21,7 +21,7 @@ import structlog
 QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py",
          "sqlalchemy", "httpx")  # fmt: skip
 # Loggers that libraries give handlers of their own (propagate=False): routed through ours.
-ROUTED = ("mlflow",)
+ROUTED = ("mlflow", "submitit")
 _configured = False
 
 
@@ -103,8 +103,15 @@ def setup_logging(
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(_formatter([_for_people]))
     console.setLevel(console_level)
+    console.addFilter(_not_a_retry)
     ours = [console] if log_dir is None else [console, *_file_handlers(log_dir, add_run_id)]
     return _install(ours, run_id)
+
+
+def _not_a_retry(record: logging.LogRecord) -> bool:
+    """urllib3's "Retrying (Retry(total=2, ...))" lines stay in the files: the console gets the
+    one message that follows when the retries are spent (or nothing, when one succeeds)."""
+    return not (record.name == "urllib3.connectionpool" and record.levelno < logging.ERROR)
 
 
 def _file_handlers(log_dir: Path, add_run_id) -> list[logging.Handler]:

@@ -10,7 +10,9 @@ migrations fail when two processes create one DB at the same time.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -23,6 +25,17 @@ from orchard_app.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+DEFAULT_TIMEOUT_S = 15.0
+# MLflow 3's UI opens an experiment on its GenAI trace overview unless it is tagged as this.
+KIND_KEY = "mlflow.experimentKind"
+KIND_TAG = {KIND_KEY: "custom_model_development"}
+UNREACHABLE = (
+    "Connection refused",
+    "Name or service not known",
+    "timed out",
+    "No route to host",
+    "Temporary failure in name resolution",
+)
 
 
 def start_dir() -> Path:
@@ -75,22 +88,64 @@ def connect(tracking, base: Path | None = None) -> tuple[MlflowClient, str, str]
     uri = resolve_uri(tracking.uri, base)
     location = artifact_location(uri, tracking.get("artifact_location"), base)
     name = str(tracking.experiment)
+    timeout_s = tracking.get("timeout_s", DEFAULT_TIMEOUT_S)
+    limit_http_waits(timeout_s)
+    started = time.monotonic()
     with _creation_lock(uri, location):
         try:
             client = MlflowClient(tracking_uri=uri)
+            return client, _experiment(client, name, location), uri
+        except MlflowException as e:
+            raise TrackingError(_unreachable(uri, tracking.uri, timeout_s, started, e)) from e
+
+
+def _experiment(client: MlflowClient, name: str, location: str | None) -> str:
+    """The id of experiment `name`, created (or tagged) as a model-training experiment."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=KIND_TAG)
+        except MlflowException:  # created meanwhile (a server shared by several jobs)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                try:
-                    return client, client.create_experiment(name, artifact_location=location), uri
-                except MlflowException:  # created meanwhile (a server shared by several jobs)
-                    experiment = client.get_experiment_by_name(name)
-                    if experiment is None:
-                        raise
-            return client, experiment.experiment_id, uri
-        except MlflowException as e:
-            raise TrackingError(
-                f"could not open the MLflow store {uri} (tracking.uri={tracking.uri}): {e}"
-            ) from e
+                raise
+    if KIND_KEY not in experiment.tags:  # made by an older orchard_app or by hand
+        client.set_experiment_tag(experiment.experiment_id, KIND_KEY, KIND_TAG[KIND_KEY])
+    return experiment.experiment_id
+
+
+def limit_http_waits(timeout_s: float | None) -> None:
+    """Bound how long one MLflow call waits for a tracking server: each request times out after
+    `timeout_s` and the retries of a refused connection end within it. MLflow's defaults (7
+    retries, backoff up to 2 min) take about 250 s to give up on a server that is not there.
+    None leaves MLflow's own settings (its defaults or the user's environment)."""
+    if timeout_s is None:
+        return
+    retries, slept = 0, 0.0
+    while True:  # urllib3 sleeps 0, then factor * 2**(n-1) + jitter (<= 1 s) before retry n
+        wait = 0.0 if retries == 0 else 2.0**retries + 1.0
+        if slept + wait > timeout_s:
+            break
+        retries, slept = retries + 1, slept + wait
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "1.0"
+
+
+def _unreachable(uri: str, given, timeout_s, started: float, e: Exception) -> str:
+    text = str(e)
+    reason = next((r for r in UNREACHABLE if r in text), None)
+    where = f"the MLflow store {uri} (tracking.uri={given})"
+    if reason is None or not uri.startswith(("http://", "https://")):
+        return f"could not open {where}: {text[:600]}"
+    waited = f"{time.monotonic() - started:.0f} s"
+    limit = "null" if timeout_s is None else f"{timeout_s:g}"
+    return (
+        f"could not reach {where}: {reason} (gave up after {waited}; tracking.timeout_s="
+        f"{limit}).\n  Start the tracking server (mlflow server --host <host> --port "
+        f"<port>), fix tracking.uri, or use the local default tracking.uri={DEFAULT_URI}."
+    )
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
 from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
+from orchard_app.tracking import ui_hint
 from orchard_app.tracking.mlflow_store import connect
 from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_this_job
 
@@ -110,6 +111,9 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=metrics)
         with self._tolerant("the result files"):
             self.log_artifacts(RESULT_ARTIFACTS)
+        if self.sweep is None:  # a sweep says it once, under its summary (sweep_progress.py)
+            log.info("mlflow: %s", ui_hint(self.info["mlflow_tracking_uri"], self.experiment_id,
+                                           self.run_id))  # fmt: skip
 
     def log_artifacts(self, names) -> None:
         """Log these files or folders of the run dir (relative paths), keeping their layout."""

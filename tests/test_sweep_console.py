@@ -1,0 +1,289 @@
+"""What a researcher sees during and after a sweep (issue 17): the Optuna direction follows
+training.monitor, launcher warnings come once, a line per finished job, a closing table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli, tiny_overrides
+from omegaconf import OmegaConf, open_dict
+
+from orchard_app.sweep import RECORD_NAME
+from orchard_app.sweep_direction import follow_monitor
+from orchard_app.sweep_logs import route_launcher_logs
+from orchard_app.sweep_progress import Progress, summary_text, total_jobs
+
+LOCAL_SLURM = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
+CLOCK = r"\[\d\d:\d\d:\d\d\] "
+
+
+def sweep_dir_of(tmp_path: Path) -> Path:
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    return sweep
+
+
+def jobs_of(sweep: Path) -> list[dict]:
+    return [json.loads(line) for line in (sweep / RECORD_NAME).read_text().splitlines()]
+
+
+def console_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.match(CLOCK, line)]
+
+
+def compose_hydra(*overrides: str):
+    """The composed config with its `hydra` node, as the launcher process sees it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from orchard_app.config import CONF_DIR, register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose("config", list(overrides), return_hydra_config=True)
+
+
+def write_rows(sweep: Path, *rows: dict) -> None:
+    """Rows as jobs append them (cli.record_job), e.g. from other processes."""
+    with open(sweep / RECORD_NAME, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+# ---------------------------------------------------------------------- 1. direction
+def test_the_stock_optuna_sweeper_maximises_accuracy_and_reports_the_best(tiny_npz, tmp_path):
+    result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                     "optimizer.lr=tag(log,interval(1e-4,1e-2))", *tiny_overrides(tiny_npz),
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    assert "Traceback" not in err
+    assert err.count("hydra.sweeper.direction=maximize, following training.monitor") == 1
+    assert "Directions: ['maximize']" in err
+
+    values = [j["value"] for j in jobs_of(sweep_dir_of(tmp_path))]
+    assert len(values) == 3
+    best = float(re.search(r"Best value: (\S+)", err)[1])
+    assert best == max(values)
+    # a line per trial as it ends, then the table
+    for k in (1, 2, 3):
+        assert len(re.findall(rf"{CLOCK}trial {k}/3 done: #\d val_accuracy ", err)) == 1, k
+    assert f"best val_accuracy {max(values):.4f}" in err
+    assert re.search(r"job +state +val_accuracy +run dir", err)
+    lines = console_lines(err)
+    assert len(lines) == len(set(lines)), "a console line was printed twice"
+
+
+def test_a_direction_that_contradicts_the_monitor_is_refused_before_any_trial(tiny_npz, tmp_path):
+    result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=minimize",
+                     "optimizer.lr=tag(log,interval(1e-4,1e-2))", *tiny_overrides(tiny_npz),
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    message = result.stderr[result.stderr.index("orchard_app: ") :]
+    assert message.startswith(
+        "orchard_app: invalid config:\n  - hydra.sweeper.direction=minimize "
+        "contradicts training.monitor=val_accuracy, which is to maximize"
+    )
+    assert "No trial was run" in message
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "direction", "said"),
+    [
+        ([], "maximize", True),
+        (["training.monitor=val_loss"], "minimize", True),
+        (["training.monitor=val_auc", "hydra.sweeper.direction=maximize"], "maximize", False),
+        (["training.monitor=val_loss", "hydra.sweeper.direction=[minimize]"], ["minimize"], False),
+        (["training.monitor=val_loss", "training.monitor_mode=max",
+          "hydra.sweeper.direction=maximize"], "maximize", False),
+    ],
+)  # fmt: skip
+def test_the_optuna_direction_follows_the_monitor(overrides, direction, said, capsys):
+    cfg = compose_hydra("hydra/sweeper=optuna", *overrides)
+    follow_monitor(cfg)
+    got = cfg.hydra.sweeper.direction
+    assert (OmegaConf.to_container(got) if OmegaConf.is_list(got) else got) == direction
+    err = capsys.readouterr().err
+    assert ("following training.monitor" in err) is said
+    if said:  # every job's config is recomposed from these overrides and must match
+        assert f"hydra.sweeper.direction={direction}" in cfg.hydra.overrides.hydra
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["training.monitor=val_loss", "hydra.sweeper.direction=maximize"],
+        ["hydra.sweeper.direction=[maximize,minimize]"],  # train() returns one value
+    ],
+)
+def test_a_contradicting_or_multi_objective_direction_exits_2(overrides, capsys):
+    cfg = compose_hydra("hydra/sweeper=optuna", *overrides)
+    with pytest.raises(SystemExit) as exit_:
+        follow_monitor(cfg)
+    assert exit_.value.code == 2
+    assert " contradicts training.monitor=" in capsys.readouterr().err
+
+
+def test_the_basic_sweeper_is_left_alone(capsys):
+    cfg = compose_hydra("training.monitor=val_loss")
+    follow_monitor(cfg)
+    assert "direction" not in cfg.hydra.sweeper and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------- 2. launcher warnings
+def test_a_launcher_warning_is_printed_once_in_the_app_format(capfd):
+    cfg = OmegaConf.create({"hydra": {"launcher": {
+        "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}}})  # fmt: skip
+    import submitit  # noqa: F401  (sets up submitit's own two handlers)
+
+    submitit_log = logging.getLogger("submitit")
+    own = (submitit_log.handlers[:], submitit_log.propagate)
+    undo = route_launcher_logs(cfg)
+    try:
+        for call, job in ((1, 3), (2, 3), (3, 4)):  # submitit's status polls
+            submitit_log.warning(f"Call #{call} - Bypassing sacct error Command '['sacct', '-j', "
+                                 f"'{job}']' returned non-zero exit status 1.")  # fmt: skip
+        submitit_log.warning("another warning")
+    finally:
+        undo()
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert len(re.findall(rf"{CLOCK}WARNING: submitit: Call #1 - Bypassing sacct", err)) == 1
+    assert err.count("Bypassing sacct error") == 1 and err.count("another warning") == 1
+    assert (submitit_log.handlers, submitit_log.propagate) == own  # restored after the sweep
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The workplace's local SLURM cluster, started if it is not running (and then stopped)."""
+    if not LOCAL_SLURM.is_file():
+        pytest.skip(f"the local SLURM cluster script is not at {LOCAL_SLURM}")
+    was_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
+    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_up:
+        subprocess.run([LOCAL_SLURM, "stop"], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=120)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(300)  # without sacct, a job killed from outside would be waited for forever
+def test_a_slurm_sweep_shows_each_launcher_warning_once(cluster, tiny_npz, tmp_path):
+    result = run_cli("-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5",
+                     *tiny_overrides(tiny_npz, "training.seed=1,2", "hardware.num_threads=1"),
+                     cwd=tmp_path, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert output.count("Bypassing sacct error") <= 1  # once, or never on a cluster with sacct
+    assert "submitit WARNING" not in output  # submitit's own handlers are set aside
+    for k in (1, 2):
+        assert len(re.findall(rf"{CLOCK}job {k}/2 done: #\d val_accuracy ", result.stderr)) == 1
+    lines = console_lines(result.stderr)
+    assert len(lines) == len(set(lines)), "a console line was printed twice"
+    assert {j["outcome"] for j in jobs_of(sweep_dir_of(tmp_path))} == {"completed"}
+
+
+# ---------------------------------------------------------------------- 4. progress
+def test_a_basic_sweep_prints_a_line_per_job_and_a_table(tiny_npz, tmp_path):
+    result = run_cli("-m", *tiny_overrides(tiny_npz), "training.label_smoothing=0.1,1.5",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    err = result.stderr
+    assert "Traceback" not in err
+    first = re.search(rf"{CLOCK}job 1/2 done: #0 val_accuracy (\S+) \| best so far \1 \(#0\) "
+                      r"\| elapsed \d+s, ETA \d+s\n", err)  # fmt: skip
+    second = re.search(rf"{CLOCK}job 2/2 done: #1 failed \| best so far \S+ \(#0\) "
+                       r"\| elapsed \d+s\n", err)  # fmt: skip
+    assert first and second and first.start() < second.start(), err[-3000:]
+    assert err.count("job 1/2 done") == 1 and err.count("job 2/2 done") == 1
+    table = err[err.index("sweep /") :]
+    assert "2 job(s): 1 completed, 1 failed; best val_accuracy" in table
+    assert re.search(r"job +state +val_accuracy +run dir\n +#0 +completed +\d\.\d{4} +/", table)
+    assert re.search(r"#1 +failed +\(no run dir: the job never started\)", table)
+
+
+def test_progress_lines_from_another_process_each_once_with_best_and_eta(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    progress = Progress(sweep, total=20, noun="trial", monitor="val_accuracy", direction="max")
+    progress.start()
+    write_rows(sweep, {"job": 4, "outcome": "completed", "value": 0.912},
+               {"job": 1, "outcome": "completed", "value": 0.5})  # fmt: skip
+    with open(sweep / RECORD_NAME, "a") as f:  # a row still being written
+        f.write('{"job": 6, "outcome": "pruned", ')
+    time.sleep(1.5)
+    with open(sweep / RECORD_NAME, "a") as f:
+        f.write('"value": null, "stopped_at_epoch": 3}\n')
+    write_rows(sweep, {"job": 2, "outcome": "requeued", "value": None})
+    progress.stop()
+    lines = console_lines(capsys.readouterr().err)
+    assert [re.sub(CLOCK, "", line).split(" | ")[:2] for line in lines] == [
+        ["trial 1/20 done: #4 val_accuracy 0.9120", "best so far 0.9120 (#4)"],
+        ["trial 2/20 done: #1 val_accuracy 0.5000", "best so far 0.9120 (#4)"],
+        ["trial 3/20 done: #6 pruned at epoch 3", "best so far 0.9120 (#4)"],
+        ["trial 3/20 done: #2 requeued (it resumes when the scheduler restarts it)",
+         "best so far 0.9120 (#4)"],
+    ]  # fmt: skip
+    assert all(re.search(r"\| elapsed \d+s, ETA \d+s$", line) for line in lines)
+    assert not [t for t in threading.enumerate() if t.name == "sweep-progress"]  # it has ended
+
+
+def test_best_so_far_follows_a_loss_monitor_downwards(tmp_path, capsys):
+    progress = Progress(tmp_path, total=None, noun="job", monitor="val_loss", direction="min")
+    write_rows(tmp_path, {"job": 0, "outcome": "completed", "value": 0.7},
+               {"job": 1, "outcome": "completed", "value": 0.3},
+               {"job": 2, "outcome": "failed", "value": None})  # fmt: skip
+    progress.poll()
+    progress.poll()  # nothing new: nothing printed again
+    last = console_lines(capsys.readouterr().err)
+    assert len(last) == 3
+    assert re.sub(CLOCK, "", last[-1]).startswith("job 3 done: #2 failed | best so far 0.3000 (#1)")
+    assert "ETA" not in last[-1]  # the total is unknown
+
+
+def test_the_summary_table_names_the_epoch_a_pruned_trial_stopped_at(tmp_path):
+    jobs = [{"job": 0, "outcome": "pruned", "value": None, "stopped_at_epoch": 3,
+             "run_dir": str(tmp_path / "0_x"), "error": "pruned"},
+            {"job": 1, "outcome": "completed", "value": 0.25, "run_dir": str(tmp_path / "1_x")}]  # fmt: skip
+    text = summary_text(tmp_path, jobs, "val_loss", "min")
+    head = text.splitlines()[0]
+    assert head.endswith("2 job(s): 1 completed, 1 pruned; best val_loss 0.2500 (#1)")
+    assert re.search(r"#0 +pruned +" + re.escape(str(tmp_path / "0_x")), text)
+    assert "stopped at epoch 3" in text
+
+
+@pytest.mark.parametrize(
+    ("task", "params", "total"),
+    [
+        (["training.seed=1,2,3", "optimizer=adam,sgd", "training.epochs=2"], None, 6),
+        (["training.seed=1,2"], {"optimizer.lr": "1e-3,1e-2"}, 4),
+        (["training.seed=range(0,5)"], None, 5),
+    ],
+)
+def test_the_total_of_a_basic_sweep_is_its_number_of_combinations(task, params, total):
+    cfg = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "max_batch_size": None, "params": params},
+        "overrides": {"task": task, "hydra": []}}})  # fmt: skip
+    assert total_jobs(cfg) == total
+
+
+@pytest.mark.parametrize(("sampler", "total"), [("TPESampler", 20), ("GridSampler", None)])
+def test_the_total_of_an_optuna_sweep_is_n_trials_unless_a_grid_ends_it_sooner(sampler, total):
+    cfg = compose_hydra("hydra/sweeper=optuna", "hydra.sweeper.n_trials=20")
+    with open_dict(cfg.hydra.sweeper.sampler):
+        cfg.hydra.sweeper.sampler._target_ = f"optuna.samplers.{sampler}"
+    assert total_jobs(cfg) == total
