@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = ROOT.parent / "shared" / "data" / "medmnist"
+LOCAL_SLURM = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +83,21 @@ def shared_medmnist() -> Path:
             f"real MedMNIST files not found at {SHARED_MEDMNIST} (the workplace's shared data folder)"
         )
     return SHARED_MEDMNIST
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The workplace's one-node SLURM cluster, started if it is not running (and then stopped)."""
+    if not LOCAL_SLURM.is_file():
+        pytest.skip(f"the local SLURM cluster script is not at {LOCAL_SLURM}")
+    was_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
+    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield
+    if not was_up:
+        subprocess.run([LOCAL_SLURM, "stop"], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=120)  # fmt: skip
 
 
 def run_cli(

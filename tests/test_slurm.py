@@ -13,28 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose, make_npz, tiny_overrides
+from conftest import compose, make_npz, tiny_overrides
 
 from orchard_app import train
 
-SCRIPT = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 # 1 CPU and 1 GB a task, so that two array tasks run side by side on the 2-CPU node
 SMALL = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
          "hardware.num_threads=1"]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    if not SCRIPT.is_file():
-        pytest.skip(f"the local SLURM cluster script is not at {SCRIPT}")
-    was_up = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
-    started = subprocess.run([SCRIPT, "start"], capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield
-    if not was_up:
-        subprocess.run([SCRIPT, "stop"], capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
 def sweep(

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import run_cli, tiny_overrides
 from omegaconf import OmegaConf, open_dict
 
 from orchard_app.sweep import RECORD_NAME
@@ -20,7 +19,6 @@ from orchard_app.sweep_direction import follow_monitor
 from orchard_app.sweep_logs import route_launcher_logs
 from orchard_app.sweep_progress import Progress, summary_text, total_jobs
 
-LOCAL_SLURM = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
 CLOCK = r"\[\d\d:\d\d:\d\d\] "
 
 
@@ -160,21 +158,6 @@ def test_a_launcher_warning_is_printed_once_in_the_app_format(capfd):
     assert len(re.findall(rf"{CLOCK}WARNING: submitit: Call #1 - Bypassing sacct", err)) == 1
     assert err.count("Bypassing sacct error") == 1 and err.count("another warning") == 1
     assert (submitit_log.handlers, submitit_log.propagate) == own  # restored after the sweep
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """The workplace's local SLURM cluster, started if it is not running (and then stopped)."""
-    if not LOCAL_SLURM.is_file():
-        pytest.skip(f"the local SLURM cluster script is not at {LOCAL_SLURM}")
-    was_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
-    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield
-    if not was_up:
-        subprocess.run([LOCAL_SLURM, "stop"], capture_output=True, stdin=subprocess.DEVNULL,
-                       timeout=120)  # fmt: skip
 
 
 @pytest.mark.slow
