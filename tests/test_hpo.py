@@ -97,6 +97,7 @@ def test_pinned_plugin_and_the_private_attributes_the_sweeper_reads():
     assert isinstance(job._return_value, ValueError)
 
 
+@pytest.mark.slow
 def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tmp_path):
     sweep = tmp_path / "sweep"
     result = ok(run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=3",
@@ -139,6 +140,7 @@ def test_trials_that_cannot_learn_are_pruned_not_failed(npz, tmp_path):
     assert sorted(j["outcome"] for j in jobs) == ["completed", "pruned"]
 
 
+@pytest.mark.slow
 def test_n_trials_is_the_total_and_a_rerun_continues_the_numbering(npz, tmp_path):
     sweep = tmp_path / "sweep"
     ok(
@@ -207,6 +209,7 @@ def test_a_direction_against_the_monitor_is_refused_before_any_trial(npz, tmp_pa
     assert not list(sweep.glob("*/provenance.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["hpo.target=0.0", "hpo.patience=1"])
 def test_the_study_stops_early(npz, tmp_path, stop):
     sweep = tmp_path / "sweep"
@@ -321,3 +324,23 @@ def test_a_study_in_a_postgresql_server_is_shared_by_its_jobs_and_resumed(
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert all(len(t.intermediate_values) == 2 for t in study.trials)  # reported by the jobs
     assert not (sweep / STUDY).exists()
+
+
+@pytest.mark.slow
+def test_tracked_trials_are_children_of_the_study_and_pruned_ones_say_so(npz, tmp_path):
+    from mlflow import MlflowClient
+
+    db, sweep = tmp_path / "mlflow.db", tmp_path / "sweep"
+    ok(run_cli(*study_args(npz, sweep, "training.epochs=4", "hydra/sweeper/sampler=grid",
+                           f"optimizer.lr=choice({GOOD},{BAD})", THRESHOLD, "tracking=mlflow",
+                           f"tracking.uri=sqlite:///{db}", preset=BARE), cwd=tmp_path))  # fmt: skip
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "orchard_app"]
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("orchard.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    by_outcome = {r.data.tags["orchard.outcome"]: r for r in children}
+    assert set(by_outcome) == {"completed", "pruned"}
+    pruned = by_outcome["pruned"]
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["orchard.stopped_at_epoch"] == "2"
+    assert parent.info.status == "FINISHED"  # a pruned trial never fails the study's run
