@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
+from orchard_app.ranks import process_rank
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -39,7 +40,8 @@ def run_job(cfg: DictConfig) -> float:
 
         value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
-        print(_message(e), file=sys.stderr, flush=True)
+        if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
+            print(_message(e), file=sys.stderr, flush=True)
         drop_if_empty(run_dir)
         record_job("requeued" if e.requeue else "interrupted", error=str(e))
         raise SystemExit(e.exit_code) from None
@@ -125,5 +127,18 @@ def resume_command(checkpoint: str) -> str:
         o for o in HydraConfig.get().overrides.task if not o.startswith("training.resume=")
     ]
     run_dir = Path(checkpoint).parent.parent
-    return shlex.join(["python", "-m", "orchard_app", *overrides, f"hydra.run.dir={run_dir}",
+    return shlex.join([*_launch_command(), *overrides, f"hydra.run.dir={run_dir}",
                        "training.resume=auto"])  # fmt: skip
+
+
+def _launch_command() -> list[str]:
+    """How this run was started: torchrun with its process count, or a plain python."""
+    import os
+
+    process = process_rank()
+    if process.launcher != "torchrun" or process.world_size == 1:
+        return ["python", "-m", "orchard_app"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or process.world_size)
+    nodes = max(1, process.world_size // per_node)
+    return ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+            f"--nproc_per_node={per_node}", "-m", "orchard_app"]  # fmt: skip
