@@ -164,7 +164,8 @@ class Engine:
             s.epoch_losses = torch.zeros(steps, device=self.device)
         self.model.train()
         bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)  # fmt: skip
+                   leave=False, dynamic_ncols=True, mininterval=0.5,
+                   disable=None if self.group.is_main else True)  # fmt: skip
         checked = s.step
         for k in range(s.step, steps):
             s.epoch_losses[k] = self._train_step(*self._batch(s.order[k * bs : (k + 1) * bs]))
