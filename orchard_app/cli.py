@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
+from orchard_app.ranks import process_rank
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -45,7 +46,8 @@ def run_job(cfg: DictConfig) -> float:
                   file=sys.stderr, flush=True)  # fmt: skip
             record_job("requeued", error=str(e))
             _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
-        print(_message(e), file=sys.stderr, flush=True)
+        if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
+            print(_message(e), file=sys.stderr, flush=True)
         record_job("interrupted", error=str(e))
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # Ctrl-C before the run's own signal handling was in place
@@ -102,7 +104,7 @@ def _study_trial():
 
     from orchard_app.hpo.trial import ENV_TRIAL
 
-    if ENV_TRIAL not in os.environ:
+    if ENV_TRIAL not in os.environ or not process_rank().is_main:  # rank 0 reports for DDP
         return None
     from orchard_app.hpo.trial import JobTrial
 
@@ -142,5 +144,18 @@ def resume_command(checkpoint: str) -> str:
         o for o in HydraConfig.get().overrides.task if not o.startswith("training.resume=")
     ]
     run_dir = Path(checkpoint).parent.parent
-    return shlex.join(["python", "-m", "orchard_app", *overrides, f"hydra.run.dir={run_dir}",
+    return shlex.join([*_launch_command(), *overrides, f"hydra.run.dir={run_dir}",
                        "training.resume=auto"])  # fmt: skip
+
+
+def _launch_command() -> list[str]:
+    """How this run was started: torchrun with its process count, or a plain python."""
+    import os
+
+    process = process_rank()
+    if process.launcher != "torchrun" or process.world_size == 1:
+        return ["python", "-m", "orchard_app"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or process.world_size)
+    nodes = max(1, process.world_size // per_node)
+    return ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+            f"--nproc_per_node={per_node}", "-m", "orchard_app"]  # fmt: skip

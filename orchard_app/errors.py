@@ -55,6 +55,12 @@ class HpoError(OrchardError):
     title = "hyper-parameter search problem"
 
 
+class DistributedError(OrchardError):
+    """A multi-process (DDP) run could not start, or another process of it stopped the run."""
+
+    title = "multi-process run problem"
+
+
 class RunLockedError(OrchardError):
     title = "run directory busy"
 

@@ -60,16 +60,19 @@ def train(
     progress = Progress()
     with (
         stop_policy() as stop,
+        RunContext.create(cfg, run_path, stop) as ctx,  # (left after the run dir's records)
         RunDirectory(run_path, fields, resumed_from=str(resume) if resume else None,
                      continues=continues, main=process.is_main, job_config=cfg) as run,
         progress.explain_interruptions(),
     ):  # fmt: skip
-        ctx = RunContext.create(cfg, run_path, stop)
         tracker = NullTracker()
         if ctx.is_main:  # closed by the run dir after provenance.json records the outcome
             tracker = run.track(open_tracker(cfg, run_path, config, digest, run.provenance.data))
             run.provenance.update(**device_info(ctx.device))
+            if ctx.distributed:
+                run.provenance.update(backend=ctx.group.backend)
         log.info("run dir %s", run_path)
+        _log_processes(ctx, cfg)
 
         progress.phase = "loading the data and building the model"
         parts = assemble(cfg, ctx, config, [tracker.on_epoch_end, *callbacks], step_hooks)
@@ -116,6 +119,22 @@ def train(
         files = ["report.md", "metrics.json", "checkpoints/best.pt"]
         log.info("done: %s  (%s)", run_path, ", ".join(files + ["exports/"] * cfg.export.enabled))
         return float(state.best_value)
+
+
+def _log_processes(ctx: RunContext, cfg: DictConfig) -> None:
+    if ctx.distributed:
+        log.info(
+            "DistributedDataParallel: %d processes (%s, %s), %s BatchNorm; training.batch_size "
+            "%d is the global batch", ctx.world_size, ctx.process.launcher, ctx.group.backend,
+            "synchronised" if cfg.hardware.sync_batchnorm else "per-process",
+            cfg.training.batch_size,
+        )  # fmt: skip
+    elif ctx.world_size > 1:
+        log.warning(
+            "%d processes were started (%s) but hardware.distributed=false: each trains the "
+            "whole run on its own and only rank 0 writes; use hardware=ddp to share the work",
+            ctx.world_size, ctx.process.launcher,
+        )  # fmt: skip
 
 
 def resume_target(resume: str | None, run_dir: Path) -> tuple[Path | None, bool]:

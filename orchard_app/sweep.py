@@ -43,8 +43,10 @@ def record_job(
     """Append this job's end to the sweep's jobs.jsonl (no-op outside a multirun)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from orchard_app.ranks import process_rank
+
     sweep_dir = sweep_dir_of_job()
-    if sweep_dir is None:
+    if sweep_dir is None or not process_rank().is_main:  # one row per job, not per process
         return
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

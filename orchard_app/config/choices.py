@@ -18,6 +18,7 @@ Monitor = Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc"
 Direction = Literal["min", "max"]
 MonitorMode = Literal["auto", "min", "max"]  # auto: min for a loss, max otherwise
 AmpDtype = Literal["auto", "bf16", "fp16"]  # auto: bf16 where supported, else fp16 (CUDA)
+DistBackend = Literal["auto", "nccl", "gloo"]  # auto: NCCL on CUDA, gloo on CPU
 
 
 def options(kind: object) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from omegaconf import MISSING
 
 from orchard_app.config.choices import (
     AmpDtype,
+    DistBackend,
     Monitor,
     MonitorMode,
     Optimizer,
@@ -109,6 +110,11 @@ class HardwareConfig:
     amp_dtype: AmpDtype = "auto"
     channels_last: bool = False
     compile: bool = False
+    # DistributedDataParallel over the processes of a torchrun / SLURM launch (hardware=ddp);
+    # training.batch_size stays the global batch, split across the processes
+    distributed: bool = False
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch, not per process
+    backend: DistBackend = "auto"
 
 
 @dataclass

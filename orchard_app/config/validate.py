@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchard_app.config.walk import literal_mismatches, nonfinite_floats, unknown_keys
 from orchard_app.errors import ConfigError
+from orchard_app.ranks import process_rank
 
 
 class _Rules:
@@ -268,6 +269,35 @@ def _hardware(r: _Rules) -> None:
             "fp16",
             "fp16 autocast needs CUDA; on CPU use hardware.amp_dtype=bf16 (or auto)",
         )
+    if r.get("hardware.backend") == "nccl" and r.get("hardware.device") == "cpu":
+        r.fail(
+            "hardware.backend",
+            "nccl",
+            "NCCL needs CUDA; on CPU use hardware.backend=gloo (or auto)",
+        )
+    if r.get("hardware.distributed"):
+        _distributed(r)
+
+
+def _distributed(r: _Rules) -> None:
+    """DDP: one device per process, and a global batch that every process gets a share of."""
+    device = str(r.get("hardware.device"))
+    if re.fullmatch(r"cuda:\d+", device):
+        r.fail(
+            "hardware.device", device,
+            "with hardware.distributed=true each process uses cuda:<LOCAL_RANK>; "
+            "set hardware.device=cuda (or auto)",
+        )  # fmt: skip
+    world, bs = process_rank().world_size, r.get("training.batch_size")
+    each = 1 if r.get("hardware.sync_batchnorm") else 2
+    if world > 1 and isinstance(bs, int) and 1 <= bs < each * world:
+        why = "" if each == 1 else " (BatchNorm without hardware.sync_batchnorm needs 2)"
+        r.fail(
+            "training.batch_size", bs,
+            f"is the global batch, split across the {world} processes of this launch, and each "
+            f"process needs at least {each} sample(s) of it{why}; use training.batch_size>="
+            f"{each * world} or start fewer processes",
+        )  # fmt: skip
 
 
 def _export(r: _Rules) -> None:

@@ -3,7 +3,9 @@
 No per-sample PIL: one batch is flipped with a mask, warped by one `grid_sample` whose
 per-sample affine matrices combine rotation, translation, zoom and random-resized-crop, and
 colour-jittered with broadcast arithmetic. Random draws come from the caller's CPU generator,
-so the augmentation stream is seeded, device-independent and restored on resume.
+so the augmentation stream is seeded, device-independent and restored on resume. The
+parameters are drawn (`draw`) apart from being applied (`apply`): a process of a multi-process
+run augments its share of a global batch exactly as the whole batch would be.
 """
 
 from __future__ import annotations
@@ -33,17 +35,38 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: float batch in [0, 1], shape B x C x H x W, on any device."""
-        b = x.shape[0]
+        return self.apply(x, self.draw(x.shape[0], g))
+
+    def draw(self, b: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """The random parameters of a batch of b samples, one row per sample (CPU tensors).
+        Rows can be selected (`{k: v[part]}`) to augment part of the batch as the whole would be."""
+        p = {}
         if self.hflip:
-            x = torch.where(_coin(b, g, x.device), x.flip(3), x)
+            p["hflip"] = _coin(b, g)
         if self.vflip:
-            x = torch.where(_coin(b, g, x.device), x.flip(2), x)
+            p["vflip"] = _coin(b, g)
         if self.geometric:
-            theta = self._affine(b, g).to(device=x.device, dtype=x.dtype)
+            p["theta"] = self._affine(b, g)
+        if self.jitter > 0:
+            p["brightness"] = _uniform(b, g, 1 - self.jitter, 1 + self.jitter)
+            p["contrast"] = _uniform(b, g, 1 - self.jitter, 1 + self.jitter)
+            if self.channels == 3:
+                p["saturation"] = _uniform(b, g, 1 - self.jitter, 1 + self.jitter)
+        return p
+
+    def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment x (B x C x H x W in [0, 1]) with parameters `draw` made for its B rows."""
+        b = x.shape[0]
+        if "hflip" in p:
+            x = torch.where(p["hflip"].view(b, 1, 1, 1).to(x.device), x.flip(3), x)
+        if "vflip" in p:
+            x = torch.where(p["vflip"].view(b, 1, 1, 1).to(x.device), x.flip(2), x)
+        if "theta" in p:
+            theta = p["theta"].to(device=x.device, dtype=x.dtype)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if self.jitter > 0:
-            x = self._color(x, g)
+        if "brightness" in p:
+            x = self._color(x, p)
         return x
 
     def _affine(self, b: int, g: torch.Generator) -> torch.Tensor:
@@ -78,21 +101,17 @@ class BatchAugment:
             m = m @ warp
         return m[:, :2, :]
 
-    def _color(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        b, s = x.shape[0], self.jitter
-        shape = (b, 1, 1, 1)
-        brightness = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
-        contrast = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
-        x = x * brightness
+    def _color(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        shape = (x.shape[0], 1, 1, 1)
+        x = x * p["brightness"].view(shape).to(x)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * contrast + mean
-        if self.channels == 3:
-            saturation = _uniform(b, g, 1 - s, 1 + s).view(shape).to(x)
+        x = (x - mean) * p["contrast"].view(shape).to(x) + mean
+        if "saturation" in p:
             weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(
                 1, 3, 1, 1
             )
             gray = (x * weights).sum(dim=1, keepdim=True)
-            x = (x - gray) * saturation + gray
+            x = (x - gray) * p["saturation"].view(shape).to(x) + gray
         return x.clamp(0, 1)
 
 
@@ -100,5 +119,5 @@ def _uniform(n: int, g: torch.Generator, lo: float, hi: float) -> torch.Tensor:
     return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
-def _coin(b: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(b, generator=g) < 0.5).view(b, 1, 1, 1).to(device)
+def _coin(b: int, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(b, generator=g) < 0.5

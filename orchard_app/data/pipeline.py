@@ -49,19 +49,28 @@ class BatchPipeline:
         return torch.multinomial(weights, n, replacement=True, generator=g)
 
     def train_batch(
-        self, idx: torch.Tensor, g: torch.Generator
+        self, idx: torch.Tensor, g: torch.Generator, part: slice | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of training samples `idx`, augmented with parameters drawn from `g` for
+        all of them. With `part` (positions in `idx`) only those samples are built: one
+        process's share of a global batch, the same tensors as building all and slicing."""
+        draws = self.augment.draw(len(idx), g) if self.augment.active else None
+        if part is not None:
+            idx = idx[part]
+            draws = None if draws is None else {k: v[part] for k, v in draws.items()}
         x, y = self._gather(self.data.train, idx)
         x = self._to_float(x)
-        if self.augment.active:
-            x = self.augment(x, g)
+        if draws is not None:
+            x = self.augment.apply(x, draws)
         return self._normalise(x), y
 
     def eval_batches(
-        self, split: Split, batch_size: int
+        self, split: Split, batch_size: int, part: slice | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(split), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(split)))
+        """Batches of the split in order; with `part`, of those sample positions only."""
+        first, end = (0, len(split)) if part is None else (part.start, part.stop)
+        for start in range(first, end, batch_size):
+            idx = torch.arange(start, min(start + batch_size, end))
             x, y = self._gather(split, idx)
             yield self._normalise(self._to_float(x)), y
 

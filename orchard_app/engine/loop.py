@@ -1,6 +1,10 @@
 """The training loop. Read `Engine.fit` top to bottom: epochs of steps, a validation pass,
 checkpoints, then the per-epoch callbacks (tracking today; pruning and more later).
 
+In a multi-process run (`group`, see collective.py) every process walks the same global
+batches: each trains on its share of each one and evaluates its share of each split, and
+the processes agree on every stop (a signal, a non-finite loss, a callback's decision).
+
 State that must survive an interruption lives in `TrainState` and goes into last.pt together
 with the model, optimiser, schedule, scaler and RNG states, so a resumed run (even one stopped
 mid-epoch) continues exactly where it stopped.
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 
 from orchard_app.data.pipeline import BatchPipeline
 from orchard_app.engine.checkpoint import Checkpointer, check_compatible, load_checkpoint
+from orchard_app.engine.collective import SingleProcess
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.engine.optim import Schedule
 from orchard_app.errors import CheckpointError, DataError, NonFiniteLossError, TrainingInterrupted
@@ -105,6 +110,7 @@ class Engine:
         callbacks: Sequence[EpochCallback] = (),
         step_hooks: Sequence[StepHook] = (),
         stop: StopSignals | None = None,
+        group: SingleProcess | None = None,
     ):
         self.model, self.step_model = model, step_model or model
         self.pipeline, self.optimizer, self.schedule = pipeline, optimizer, schedule
@@ -119,6 +125,7 @@ class Engine:
         self.gen = torch.Generator().manual_seed(settings.seed)  # data order, augmentation, mixup
         self.callbacks, self.step_hooks = list(callbacks), list(step_hooks)
         self.stop = stop or StopSignals()
+        self.group = group or SingleProcess()
         self.state = TrainState()
         self.best_model_state: dict[str, torch.Tensor] | None = None
         self.resumed_from: str | None = None
@@ -141,11 +148,14 @@ class Engine:
                 val = self.evaluate(self.pipeline.data.val)[0]
                 times = (trained - started, time.perf_counter() - trained)
                 record = self._end_epoch(train_loss, val, times)
-                for callback in self.callbacks:
-                    callback(record, self)
-                if self.stop.requested:
+                self.group.on_main(self._run_callbacks, record)  # rank 0 decides for all
+                if self.group.any(self.stop.requested):
                     raise self._interrupted()
         return s
+
+    def _run_callbacks(self, record: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback(record, self)
 
     def _train_epoch(self) -> float:
         s, steps, bs = self.state, self.steps_per_epoch, self.batch_size
@@ -154,36 +164,59 @@ class Engine:
             s.epoch_losses = torch.zeros(steps, device=self.device)
         self.model.train()
         bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{self.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)  # fmt: skip
+                   leave=False, dynamic_ncols=True, mininterval=0.5,
+                   disable=None if self.group.is_main else True)  # fmt: skip
         checked = s.step
         for k in range(s.step, steps):
-            x, y = self.pipeline.train_batch(s.order[k * bs : (k + 1) * bs], self.gen)
-            s.epoch_losses[k] = self._train_step(x, y)
+            s.epoch_losses[k] = self._train_step(*self._batch(s.order[k * bs : (k + 1) * bs]))
             if self.schedule.interval == "step":
                 self.schedule.scheduler.step()
             s.step = k + 1
             for hook in self.step_hooks:
                 hook(self)
             bar.update(1)
-            if s.step - checked >= FINITE_CHECK_EVERY or s.step == steps or self.stop.requested:
+            stop = self.group.any(self.stop.requested)  # a signal to any process stops all here
+            if s.step - checked >= FINITE_CHECK_EVERY or s.step == steps or stop:
                 self._check_finite(checked, s.step)
                 if not bar.disable:
                     bar.set_postfix(loss=f"{s.epoch_losses[checked : s.step].mean().item():.4f}")
                 checked = s.step
-            if self.stop.requested and s.step < steps:
+            if stop and s.step < steps:
                 bar.close()
                 self.save_last()
                 raise self._interrupted()
         bar.close()
         return float(s.epoch_losses.mean().item())
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        target = y
-        if self.settings.mixup_alpha > 0:
-            x, target = self._mixup(x, y)
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """Inputs, targets and loss denominator (see `_loss`) of this process's share of the
+        global batch `idx`. Every process draws the augmentation and mixup of the whole batch
+        from the same generator state, so N processes train on the batches of one."""
+        part = self.group.shard(len(idx))
+        if self.settings.mixup_alpha > 0:  # mixing partners come from the whole batch
+            x, target = self._mixup(*self.pipeline.train_batch(idx, self.gen))
+            if part is not None:
+                x, target = x[part], target[part]
+        else:
+            x, target = self.pipeline.train_batch(idx, self.gen, part)
+        return x, target, None if part is None else self._denominator(idx)
+
+    def _denominator(self, idx: torch.Tensor) -> float:
+        """What the mean-reduced training loss of the whole batch `idx` divides by."""
+        if self.info.multilabel:
+            return float(len(idx) * self.info.num_classes)
+        if self.class_weight is None or self.settings.mixup_alpha > 0:  # soft targets: per sample
+            return float(len(idx))
+        labels = self.pipeline.data.train.labels
+        y = labels[idx.to(labels.device)].view(-1).to(self.class_weight.device)
+        return float(self.class_weight[y].sum())
+
+    def _train_step(
+        self, x: torch.Tensor, target: torch.Tensor, denominator: float | None = None
+    ) -> torch.Tensor:
         with self._autocast():
             logits = self.step_model(x)
-        loss = self._loss(logits.float(), target, train=True)
+        loss = self._loss(logits.float(), target, train=True, denominator=denominator)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.settings.grad_clip:
@@ -245,11 +278,14 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, split, tta: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """Metrics (with `loss`), probabilities and labels for a split, in one pass."""
+        """Metrics (with `loss`), probabilities and labels for a split, in one pass. Each
+        process evaluates its contiguous share; the metrics cover exactly the split's samples."""
         self.model.eval()
+        self.group.sync_buffers(self.model)
         probs, labels, loss_sum = [], [], 0.0
         flips = [(), (3,)] + ([(2,)] if tta and self.settings.tta_vflip else [])
-        for x, y in self.pipeline.eval_batches(split, self.settings.eval_batch_size):
+        part = self.group.shard(len(split))
+        for x, y in self.pipeline.eval_batches(split, self.settings.eval_batch_size, part):
             views = flips if tta else [()]
             p = 0
             for dims in views:
@@ -262,22 +298,29 @@ class Engine:
                 )
             probs.append((p / len(views)).cpu())
             labels.append(y.cpu())
+        if part is not None:  # this process's share, possibly empty; then all of them
+            probs.append(torch.zeros(0, self.info.num_classes))
+            labels.append(split.labels[:0].cpu())
+            probs = [self.group.gather(torch.cat(probs), len(split))]
+            labels = [self.group.gather(torch.cat(labels), len(split))]
+            loss_sum = self.group.sum(loss_sum)
         probs_np, labels_np = torch.cat(probs).numpy(), torch.cat(labels).numpy()
         metrics = {
             "loss": loss_sum / len(labels_np),
             **compute_metrics(self.info.task, labels_np, probs_np),
         }
-        return metrics, probs_np, labels_np
+        return self.group.broadcast(metrics), probs_np, labels_np
 
     def load_best(self) -> None:
         """Put the best checkpoint's weights into the model (for the test evaluation)."""
-        if self.best_model_state is None and self.state.history:
-            raise NonFiniteLossError(
+        if self.best_model_state is None and self.state.history:  # the same on every process
+            error = NonFiniteLossError(
                 f"training.monitor={self.monitor} was NaN in all {len(self.state.history)} epochs, "
                 "so no epoch could be selected as the best (e.g. AUC is undefined on a validation "
                 "split with a single class).\n  Monitor another metric, e.g. "
                 "training.monitor=val_loss, or check the validation split."
             )
+            raise self.group.together(error)
         if self.best_model_state is None:
             raise CheckpointError("no best checkpoint: training ran no epoch")
         self.model.load_state_dict(self.best_model_state)
@@ -288,15 +331,28 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor, train: bool) -> torch.Tensor:
+    def _loss(
+        self, logits: torch.Tensor, target: torch.Tensor, train: bool,
+        denominator: float | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The mean loss; with `denominator` (one process's share of a global batch), this
+        share's summed loss / the whole batch's mean denominator x the number of processes:
+        averaged over the processes (as DDP averages gradients), the whole batch's mean loss,
+        even for unequal shares and class weights."""
         smoothing = self.settings.label_smoothing if train else 0.0
         weight = self.class_weight if train else None
+        reduction = "mean" if denominator is None else "sum"
         if self.info.multilabel:
             target = target.float()
             if smoothing:
                 target = target * (1 - smoothing) + smoothing / 2
-            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
-        return F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing)
+            loss = F.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=weight, reduction=reduction
+            )
+        else:
+            loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing,
+                                   reduction=reduction)  # fmt: skip
+        return loss if denominator is None else loss * (self.group.world_size / denominator)
 
     def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
@@ -313,7 +369,9 @@ class Engine:
         return (counts.sum() / (len(counts) * counts)).to(self.device)
 
     def _check_finite(self, start: int, end: int) -> None:
-        losses = self.state.epoch_losses[start:end]
+        """Raise for a non-finite loss among steps [start, end); the losses are averaged over
+        the processes first (to the whole batches' losses), so all processes agree."""
+        losses = self.group.mean_(self.state.epoch_losses[start:end])
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             k = start + int(bad[0])
@@ -325,12 +383,13 @@ class Engine:
                 if last.exists()
                 else "No checkpoint was written yet"
             )
-            raise NonFiniteLossError(
+            error = NonFiniteLossError(
                 f"the training loss became {float(losses[k - start])} at epoch {self.state.epoch + 1}, "
                 f"step {k + 1}/{self.steps_per_epoch}. {kept}.\n"
                 f"  Try a lower optimizer.lr (now {self.base_lr():g}), training.grad_clip=1.0"
                 + (", or hardware.amp=false." if self.amp_dtype is not None else ".")
             )
+            raise self.group.together(error)
 
     def base_lr(self) -> float:
         """optimizer.lr as in effect (schedules scale it step by step from this base)."""
@@ -352,7 +411,7 @@ class Engine:
             f"stopped by {signal.Signals(signum).name} at {where}; {saved}", signum
         )
         error.checkpoint = str(last)
-        return error
+        return self.group.together(error)
 
     def _log_epoch(self, r: dict[str, Any], improved: bool) -> None:
         s = self.state
@@ -399,6 +458,8 @@ class Engine:
             },  # fmt: skip
             "rng": _rng_state(self.gen),
         }
+        if self.group.world_size > 1:  # every process's own torch RNG (dropout masks)
+            payload["rng_ranks"] = self.group.all_gather_object(payload["rng"])
         self.checkpoints.save("last.pt", payload)
 
     def resume(self, path: Path) -> None:
@@ -426,7 +487,9 @@ class Engine:
                 stopped_early=st["stopped_early"], history=list(st["history"]),
                 epoch_losses=None if st["epoch_losses"] is None else st["epoch_losses"].to(self.device),
             )  # fmt: skip
-            _set_rng_state(ckpt["rng"], self.gen)
+            ranks = ckpt.get("rng_ranks") or []
+            own = ranks[self.group.rank] if len(ranks) == self.group.world_size else ckpt["rng"]
+            _set_rng_state(own, self.gen)
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(
                 f"{path} is not a complete checkpoint of this run ({type(e).__name__}: "

@@ -80,9 +80,17 @@ def assemble(
     hw = cfg.hardware
     memory_format = torch.channels_last if hw.channels_last else torch.preserve_format
     model = model.to(ctx.device, memory_format=memory_format)
-    pipeline = BatchPipeline(data, cfg.dataset, ctx.device, bool(hw.channels_last))
     settings = engine_settings(cfg, ctx.device)
     steps = steps_per_epoch(len(data.train), settings.batch_size)
+    step_model = model  # what trains: DDP's wrapper in a multi-process run
+    if ctx.distributed:
+        from orchard_app.distributed import check_batches, wrap_model
+
+        sync = bool(hw.sync_batchnorm)
+        check_batches(len(data.train), settings.batch_size, ctx.world_size, sync)
+        model, step_model = wrap_model(model, ctx.group, sync)
+        torch.manual_seed(seed + ctx.rank)  # each process draws its own dropout masks
+    pipeline = BatchPipeline(data, cfg.dataset, ctx.device, bool(hw.channels_last))
     optimizer = build_optimizer(model, cfg.optimizer)
     schedule = build_schedule(optimizer, cfg.scheduler, float(cfg.optimizer.lr), settings.epochs,
                               steps, settings.mode)  # fmt: skip
@@ -92,8 +100,8 @@ def assemble(
     )  # fmt: skip
     engine = Engine(
         model, pipeline, optimizer, schedule, settings, checkpoints, ctx.device,
-        step_model=torch.compile(model) if hw.compile else None,
-        callbacks=callbacks, step_hooks=step_hooks, stop=ctx.stop,
+        step_model=torch.compile(step_model) if hw.compile else step_model,
+        callbacks=callbacks, step_hooks=step_hooks, stop=ctx.stop, group=ctx.group,
     )  # fmt: skip
     return RunParts(data, model, pipeline, engine)
 

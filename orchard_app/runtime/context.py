@@ -2,8 +2,11 @@
 
 It answers what every writer needs to know: which process this is (rank, world size, local
 rank, `is_main`), which device it trains on, which run directory it uses and how it stops
-(`stop`, the signal policy). Only the main process claims the run directory and writes there;
-the others use the same directory and write nothing (see `ranks.py` for the detection).
+(`stop`, the signal policy) and how it works with the other processes of its launch (`group`).
+Only the main process claims the run directory and writes there; the others use the same
+directory and write nothing (see `ranks.py` for the detection). With `hardware.distributed`,
+the processes form a process group (orchard_app/distributed) for the life of the context:
+use it as `with RunContext.create(...) as ctx:`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchard_app.engine.collective import SingleProcess
 from orchard_app.engine.interrupts import StopSignals
-from orchard_app.errors import ConfigError
+from orchard_app.errors import ConfigError, DistributedError
 from orchard_app.ranks import ProcessRank, process_rank
 
 
@@ -28,6 +32,12 @@ class RunContext:
     device: torch.device
     process: ProcessRank = field(default_factory=ProcessRank)
     stop: StopSignals = field(default_factory=StopSignals)
+    group: SingleProcess = field(default_factory=SingleProcess)
+
+    @property
+    def distributed(self) -> bool:
+        """DistributedDataParallel across the processes of the launch."""
+        return self.group.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -47,10 +57,22 @@ class RunContext:
 
     @classmethod
     def create(cls, cfg, run_dir: str | Path, stop: StopSignals | None = None) -> RunContext:
-        """Seed, set threads and determinism, pick this process's device."""
+        """Seed, set threads and determinism, pick this process's device; join the process
+        group with `hardware.distributed` in a multi-process launch."""
         process = process_rank()
         device = setup_torch(cfg.hardware, int(cfg.training.seed), process.local_rank)
-        return cls(Path(run_dir), device, process, stop or StopSignals())
+        group = SingleProcess()
+        if cfg.hardware.get("distributed") and process.world_size > 1:
+            from orchard_app.distributed import join
+
+            group = join(cfg.hardware, process, device)
+        return cls(Path(run_dir), device, process, stop or StopSignals(), group)
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.group.close(exc)
 
 
 def stop_policy() -> StopSignals:
@@ -88,5 +110,11 @@ def setup_torch(hardware, seed: int, local_rank: int = 0) -> torch.device:
             ]
         )
     if wanted == "cuda":  # one GPU per process of a multi-process run
-        wanted = f"cuda:{local_rank}"
+        visible = torch.cuda.device_count()
+        if local_rank >= visible > 1:
+            raise DistributedError(
+                f"this is process {local_rank} on its node (LOCAL_RANK), but only {visible} CUDA "
+                f"devices are visible; start at most {visible} processes per node"
+            )
+        wanted = f"cuda:{local_rank if visible > 1 else 0}"  # 1 visible: SLURM bound this one
     return torch.device(wanted)
