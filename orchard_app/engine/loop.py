@@ -112,7 +112,8 @@ class Engine:
         stop: StopSignals | None = None,
         group: SingleProcess | None = None,
     ):
-        self.model, self.step_model = model, step_model or model
+        self.model = model
+        self.step_model = step_model if step_model is not None else model  # (a compiled one)
         self.pipeline, self.optimizer, self.schedule = pipeline, optimizer, schedule
         self.settings, self.checkpoints, self.device = settings, checkpoints, device
         self.info = pipeline.data.info
