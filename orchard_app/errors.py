@@ -46,6 +46,12 @@ class HpoError(OrchardError):
     title = "hyper-parameter search problem"
 
 
+class CompareError(OrchardError):
+    """`python -m orchard_app.compare` cannot build its table from the paths it was given."""
+
+    title = "cannot compare"
+
+
 class RunLockedError(OrchardError):
     title = "run directory busy"
 
