@@ -61,6 +61,12 @@ class DistributedError(OrchardError):
     title = "multi-process run problem"
 
 
+class CompareError(OrchardError):
+    """`python -m orchard_app.compare` cannot build its table from the paths it was given."""
+
+    title = "cannot compare"
+
+
 class RunLockedError(OrchardError):
     title = "run directory busy"
 

@@ -106,7 +106,7 @@ class HardwareConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     deterministic: bool = False
     num_threads: int | None = None  # torch intra-op threads; null = torch's default
-    amp: bool = False  # mixed precision: bf16 on CPU, amp_dtype on CUDA
+    amp: bool | None = False  # mixed precision: bf16 on CPU, amp_dtype on CUDA; null: where native
     amp_dtype: AmpDtype = "auto"
     channels_last: bool = False
     compile: bool = False

@@ -32,6 +32,7 @@ from orchard_app.engine.checkpoint import Checkpointer, check_compatible, load_c
 from orchard_app.engine.collective import SingleProcess
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.engine.optim import Schedule
+from orchard_app.engine.precision import amp_dtype as amp_dtype  # (its former home)
 from orchard_app.errors import CheckpointError, DataError, NonFiniteLossError, TrainingInterrupted
 from orchard_app.evaluation.metrics import compute_metrics
 
@@ -81,16 +82,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     if steps == 0:
         raise DataError(f"the training split has {n} sample(s); at least 2 are needed")
     return steps
-
-
-def amp_dtype(hardware, device: torch.device) -> torch.dtype | None:
-    if not hardware.amp:
-        return None
-    if device.type != "cuda" or hardware.amp_dtype == "bf16":
-        return torch.bfloat16
-    if hardware.amp_dtype == "fp16" or not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
 
 
 class Engine:

@@ -31,10 +31,10 @@ from orchard_app.engine.loop import (
     EngineSettings,
     EpochCallback,
     StepHook,
-    amp_dtype,
     steps_per_epoch,
 )
 from orchard_app.engine.optim import build_optimizer, build_schedule
+from orchard_app.engine.precision import amp_dtype
 from orchard_app.errors import CheckpointError
 from orchard_app.models import build_model
 from orchard_app.runtime.context import RunContext
