@@ -133,18 +133,28 @@ def _straight_metrics(tmp_path: Path, npz: Path, epochs: int) -> dict:
 
 
 def test_a_job_warned_before_its_time_limit_is_requeued_and_resumes_exactly(cluster, tmp_path):
+    """A 1-minute limit with SIGUSR2 15 s before it; the warning is also sent by hand once the
+    first epoch is saved, so the job is cut however fast this machine is today."""
     npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
-    args = tiny_overrides(npz, "training.epochs=6", "hardware.deterministic=true")
-    done, out = sweep(tmp_path, *args, "hardware.num_threads=1", "hydra.launcher.timeout_min=1",
-                      "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=2")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = tiny_overrides(npz, "training.epochs=10", "hardware.deterministic=true")
+    proc, out = _background_sweep(tmp_path, *args, "hardware.num_threads=1",
+                                  "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
+                                  "hydra.launcher.max_num_timeout=6")  # fmt: skip
+    try:
+        last = _wait_for("*/checkpoints/last.pt", out, proc)
+        job_id = read_json(last.parent.parent / "provenance.json")["env"]["SLURM_JOB_ID"]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=False)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
     (row,) = jobs(out).values()
     prov = read_json(Path(row["run_dir"]) / "provenance.json")
     outcomes = [a["outcome"] for a in prov["attempts"]]
     assert outcomes[0] == "requeued" and outcomes[-1] == "completed", outcomes
     metrics = read_json(Path(row["run_dir"]) / "metrics.json")
     assert metrics["resumed_from"].endswith("last.pt")
-    assert metrics["test"] == _straight_metrics(tmp_path, npz, 6)
+    assert metrics["test"] == _straight_metrics(tmp_path, npz, 10)
 
 
 def test_a_preempted_job_requeued_by_slurm_continues_its_run_dir(cluster, tmp_path):
