@@ -187,3 +187,30 @@ def test_an_optuna_study_prunes_across_array_tasks(cluster, tmp_path):
     with open(out / "study.csv") as f:
         states = {r["params_optimizer.lr"]: r["state"] for r in csv.DictReader(f)}
     assert states == {"0.003": "COMPLETE", "1e-09": "PRUNED"}
+
+
+def test_a_two_task_job_trains_with_ddp_and_matches_one_process(cluster, tmp_path):
+    """tasks_per_node=2: SLURM starts both tasks, they find each other from SLURM's variables
+    (the first host of the step, a port from the job id), train one run with gloo, and rank 0
+    alone writes it. Same recipe in one process: the tolerance of tests/test_ddp.py."""
+    npz = make_npz(tmp_path / "d.npz", counts=(96, 31, 33))
+    recipe = tiny_overrides(npz, "training.epochs=2", "training.batch_size=16", "optimizer=sgd",
+                            "hardware.deterministic=true", "model.dropout=0")  # fmt: skip
+    done, out = sweep(tmp_path, *recipe, "hardware=ddp", "hardware.device=cpu",
+                      "hydra.launcher.tasks_per_node=2", "hardware.num_threads=1")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = jobs(out).values()
+    assert row["outcome"] == "completed"
+    assert [p.name for p in out.iterdir() if p.is_dir() and (p / "provenance.json").exists()] == [
+        Path(row["run_dir"]).name
+    ]  # one run dir: rank 1 wrote none of its own
+    prov = read_json(Path(row["run_dir"]) / "provenance.json")
+    assert (prov["world_size"], prov["launcher"], prov["backend"]) == (2, "slurm", "gloo")
+
+    one = tmp_path / "one"
+    train(compose(*recipe, "hardware.num_threads=1"), one)
+    a, b = read_json(one / "metrics.json"), read_json(Path(row["run_dir"]) / "metrics.json")
+    assert b["test"]["accuracy"] == a["test"]["accuracy"]
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
