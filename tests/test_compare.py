@@ -152,6 +152,15 @@ def test_missing_seeds_are_counted_and_failed_jobs_noted(tmp_path):
     assert "job #1" in to_markdown(comparison)
 
 
+def test_runs_without_results_are_noted_with_their_status(tmp_path):
+    fake_run(tmp_path, "breastmnist", 0, 0.8, 0.9)
+    for name, status in (("1_failed", "failed"), ("2_running", "running")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "provenance.json").write_text(json.dumps({"status": status}))
+    notes = compare([tmp_path]).notes
+    assert "1_failed: failed, no results" in notes and "2_running: running, no results" in notes
+
+
 def test_a_dataset_the_paper_does_not_list_has_empty_paper_columns(tmp_path):
     fake_run(tmp_path, "digits", 0, 0.97, 0.99)
     fake_run(tmp_path, "digits", 1, 0.95, 0.99)

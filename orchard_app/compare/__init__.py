@@ -147,19 +147,41 @@ def _hidden(p: Path, top: Path) -> bool:
     return any(part.startswith(".") for part in p.relative_to(top).parts[:-1])
 
 
-def _unfinished_jobs(sweep: Path) -> list[str]:
-    """Jobs of a sweep (its jobs.jsonl) that ended without metrics.json: failed, pruned, ..."""
-    notes = []
-    for jobs in sorted(sweep.rglob(JOBS)):
-        for row in _read_jobs(jobs):
+def _unfinished_jobs(top: Path) -> list[str]:
+    """Runs under `top` that have no metrics.json (failed, pruned, interrupted, still running),
+    from their provenance.json and the sweep's jobs.jsonl (which also has the one-line reason,
+    and the jobs that failed before they had a run dir)."""
+    jobs = {}
+    for record in sorted(top.rglob(JOBS)):
+        for row in _read_jobs(record):
             run_dir = row.get("run_dir")
-            if run_dir and (Path(run_dir) / METRICS).is_file():
-                continue
-            what = " ".join(o for o in row.get("overrides") or [] if not o.startswith("hydra."))
-            reason = f": {row['error']}" if row.get("error") else ""
-            notes.append(f"job #{row.get('job')} ({what or 'no overrides'}) "
-                         f"{row.get('outcome', 'ended')} without results{reason}")  # fmt: skip
+            key = Path(run_dir).resolve() if run_dir else (record, row.get("job"))
+            jobs[key] = row
+    notes = []
+    for provenance in sorted(top.rglob("provenance.json")):
+        run = provenance.parent
+        if (run / METRICS).is_file() or _hidden(provenance, top):
+            continue
+        row = jobs.pop(run.resolve(), {})
+        status = row.get("outcome") or _status(provenance)
+        reason = f": {row['error']}" if row.get("error") else ""
+        notes.append(f"{run.name}: {status}, no results{reason}")
+    for row in jobs.values():
+        run_dir = row.get("run_dir")
+        if run_dir and Path(run_dir).is_dir():
+            continue  # finished (or already noted above)
+        what = " ".join(o for o in row.get("overrides") or [] if not o.startswith("hydra."))
+        reason = f": {row['error']}" if row.get("error") else ""
+        notes.append(f"job #{row.get('job')} ({what or 'no overrides'}) "
+                     f"{row.get('outcome', 'ended')} without results{reason}")  # fmt: skip
     return notes
+
+
+def _status(provenance: Path) -> str:
+    try:
+        return str(json.loads(provenance.read_text(encoding="utf-8")).get("status") or "unknown")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def _read_jobs(path: Path) -> list[dict[str, Any]]:
