@@ -109,6 +109,20 @@ def _background_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Pat
     return proc, out
 
 
+def _once_epoch_1_is_saved(proc: subprocess.Popen, out: Path, *command: str, timeout: float,
+                           check: bool = False) -> tuple[Path, str]:  # fmt: skip
+    """Once the sweep's job has written last.pt, run `command <its SLURM job id>`; then wait for
+    the sweep to end. Returns the run dir and the sweep's stderr."""
+    try:
+        run = _wait_for("*/checkpoints/last.pt", out, proc).parent.parent
+        job_id = read_json(run / "provenance.json")["env"]["SLURM_JOB_ID"]
+        subprocess.run([*command, job_id], check=check)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return run, err
+
+
 def test_a_job_cancelled_from_outside_is_reported_not_waited_for(cluster, tmp_path):
     npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
     proc, out = _background_sweep(tmp_path, *tiny_overrides(npz, "training.epochs=200"),
@@ -140,13 +154,7 @@ def test_a_job_warned_before_its_time_limit_is_requeued_and_resumes_exactly(clus
     proc, out = _background_sweep(tmp_path, *args, "hardware.num_threads=1",
                                   "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
                                   "hydra.launcher.max_num_timeout=6")  # fmt: skip
-    try:
-        last = _wait_for("*/checkpoints/last.pt", out, proc)
-        job_id = read_json(last.parent.parent / "provenance.json")["env"]["SLURM_JOB_ID"]
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=False)
-        _, err = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
+    _, err = _once_epoch_1_is_saved(proc, out, "scancel", "--signal=USR2", timeout=600)
     assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
     (row,) = jobs(out).values()
     prov = read_json(Path(row["run_dir"]) / "provenance.json")
@@ -161,15 +169,8 @@ def test_a_preempted_job_requeued_by_slurm_continues_its_run_dir(cluster, tmp_pa
     npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
     args = tiny_overrides(npz, "training.epochs=8", "hardware.deterministic=true")
     proc, out = _background_sweep(tmp_path, *args, "hardware.num_threads=1")
-    try:
-        last = _wait_for("*/checkpoints/last.pt", out, proc)
-        job_id = read_json(last.parent.parent / "provenance.json")["env"]["SLURM_JOB_ID"]
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
-        _, err = proc.communicate(timeout=400)
-    finally:
-        proc.kill()
+    run, err = _once_epoch_1_is_saved(proc, out, "scontrol", "requeue", timeout=400, check=True)
     assert proc.returncode == 0, err[-3000:]
-    run = last.parent.parent
     prov = read_json(run / "provenance.json")
     assert len(prov["attempts"]) >= 2 and prov["attempts"][-1]["outcome"] == "completed"
     assert prov["attempts"][-1]["env"]["SLURM_RESTART_COUNT"] == "1"
