@@ -16,8 +16,8 @@ import tempfile
 import torch
 from common import compose, data_root, rate
 
-from orchard_app.runtime.assemble import assemble
-from orchard_app.runtime.context import RunContext
+from orchard_app.run.assemble import assemble
+from orchard_app.run.context import RunContext
 
 BATCH = 128
 AUGMENT = ["dataset.augment.hflip=true", "dataset.augment.vflip=true", "dataset.augment.rotation=15",

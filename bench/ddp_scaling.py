@@ -40,8 +40,8 @@ def dataset_overrides() -> list[str]:
 def measure(overrides: list[str], batch: int) -> float:
     """Training images/s of this launch (all its processes) at global batch `batch`."""
 
-    from orchard_app.runtime.assemble import assemble
-    from orchard_app.runtime.context import RunContext
+    from orchard_app.run.assemble import assemble
+    from orchard_app.run.context import RunContext
 
     cfg = compose(*dataset_overrides(), "training.epochs=2", f"training.batch_size={batch}",
                   f"dataset.max_samples={batch * STEPS}", "evaluation.figures=false",

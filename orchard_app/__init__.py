@@ -11,7 +11,7 @@ __all__ = ["__version__", "train"]
 
 def __getattr__(name: str):
     if name == "train":
-        from orchard_app.experiment import train
+        from orchard_app.run.train import train
 
         return train
     raise AttributeError(f"module 'orchard_app' has no attribute {name!r}")

@@ -19,9 +19,23 @@ warnings.filterwarnings(
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float:
-    from orchard_app.cli import run_job  # heavy imports start here, after --help/--cfg
+    from orchard_app.run.job import run_job  # heavy imports start here, after --help/--cfg
 
-    return run_job(cfg)
+    return run_job(cfg, study_trial=_study_trial)
+
+
+def _study_trial():
+    """The Optuna trial this job runs for `hydra/sweeper=orchard_optuna`, else None (optuna is
+    imported only then)."""
+    import os
+
+    from orchard_app.hpo.contract import ENV_TRIAL
+
+    if ENV_TRIAL not in os.environ:
+        return None
+    from orchard_app.hpo.trial import JobTrial
+
+    return JobTrial.from_env()
 
 
 def main() -> None:

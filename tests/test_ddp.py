@@ -27,13 +27,14 @@ from conftest import compose, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
 from orchard_app.config.validate import validate
-from orchard_app.distributed import check_batches, shard_bounds
 from orchard_app.distributed.batchnorm import AllReduceBatchNorm, convert_all_reduce_batchnorm
-from orchard_app.engine.collective import SingleProcess
+from orchard_app.distributed.collective import SingleProcess
+from orchard_app.distributed.group import shard_bounds
+from orchard_app.distributed.model import check_batches
+from orchard_app.distributed.rank import first_host, rendezvous
 from orchard_app.errors import ConfigError
-from orchard_app.ranks import first_host, rendezvous
-from orchard_app.runtime.assemble import assemble
-from orchard_app.runtime.context import RunContext
+from orchard_app.run.assemble import assemble
+from orchard_app.run.context import RunContext
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}  # weights, 2 processes against 1
 
@@ -177,9 +178,9 @@ def _two_ranks(rank: int, store: str, out: str) -> None:
     rank 0's epoch callback reaching rank 1."""
     import torch.distributed as dist
 
-    from orchard_app.distributed import ProcessGroup
+    from orchard_app.distributed.group import ProcessGroup
+    from orchard_app.distributed.rank import ProcessRank
     from orchard_app.errors import DistributedError, RunPruned
-    from orchard_app.ranks import ProcessRank
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     group = ProcessGroup(ProcessRank(rank, 2), torch.device("cpu"), "gloo")

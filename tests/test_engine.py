@@ -17,8 +17,8 @@ from orchard_app.engine.checkpoint import load_checkpoint, save_checkpoint
 from orchard_app.engine.loop import Engine
 from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
-from orchard_app.runtime.assemble import assemble
-from orchard_app.runtime.context import RunContext
+from orchard_app.run.assemble import assemble
+from orchard_app.run.context import RunContext
 
 RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.hflip=true",
           "dataset.augment.rotation=10", "training.mixup_alpha=0.2", "scheduler.warmup_epochs=1"]  # fmt: skip

@@ -56,8 +56,8 @@ def export_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Com
 def test_preprocess_is_the_training_pipelines_conversion(tmp_path):
     """The module the exporter puts in front of the model gives the pipeline's batches, bit
     for bit (grey images expanded to the 3 channels the model takes)."""
-    from orchard_app.runtime.assemble import assemble
-    from orchard_app.runtime.context import RunContext
+    from orchard_app.run.assemble import assemble
+    from orchard_app.run.context import RunContext
 
     npz = make_npz(tmp_path / "grey.npz")
     cfg = compose(*tiny_overrides(npz, "dataset.force_rgb=true", "dataset.mean=0.4",

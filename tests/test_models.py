@@ -105,8 +105,8 @@ def test_a_resolution_the_model_cannot_take_is_refused_at_config_time(name):
 
 
 def test_vit_at_28_px_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
-    train_module = importlib.import_module("orchard_app.experiment")
-    assembly = importlib.import_module("orchard_app.runtime.assemble")
+    train_module = importlib.import_module("orchard_app.run.train")
+    assembly = importlib.import_module("orchard_app.run.assemble")
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded")

@@ -171,8 +171,8 @@ def test_ranks_of_one_launch_share_one_run_dir_and_only_rank_0_writes(tmp_path):
 
 def test_training_samples_are_identical_through_the_assembly(tiny_npz, tmp_path):
     """The assembled pipeline feeds the engine the same batches for the same seed."""
-    from orchard_app.runtime.assemble import assemble
-    from orchard_app.runtime.context import RunContext
+    from orchard_app.run.assemble import assemble
+    from orchard_app.run.context import RunContext
 
     cfg = compose(*tiny_overrides(tiny_npz, "dataset.augment.hflip=true"))
     batches = []

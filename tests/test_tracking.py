@@ -28,8 +28,8 @@ from orchard_app import train
 from orchard_app.config import config_hash
 from orchard_app.config.resolvers import claim_unique_dir
 from orchard_app.errors import DataError, RunLockedError, TrainingInterrupted
-from orchard_app.tracking import provenance
-from orchard_app.tracking.run_dir import RunDirectory
+from orchard_app.run import provenance
+from orchard_app.run.run_dir import RunDirectory
 
 IN_GIT_CHECKOUT = (ROOT / ".git").exists()
 
@@ -86,7 +86,7 @@ def read_json(path: Path) -> dict:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from orchard_app.tracking.lock import RunLock
+from orchard_app.run.lock import RunLock
 lock = RunLock(Path(sys.argv[1])).__enter__()  # (kept referenced: filelock unlocks on GC)
 print("locked", flush=True)
 time.sleep(300)
@@ -247,7 +247,7 @@ def test_experiments_are_model_training_experiments_so_the_ui_opens_on_runs(db):
 
 
 def test_the_ui_hint_opens_the_runs_in_the_model_training_view():
-    from orchard_app.tracking import ui_hint
+    from orchard_app.tracking.links import ui_hint
 
     assert ui_hint("http://mlflow.lab:5000/", "7") == (
         "http://mlflow.lab:5000/#/experiments/7/runs?workflowType=machine_learning"

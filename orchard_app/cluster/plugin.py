@@ -124,7 +124,7 @@ def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobRe
 
 
 def _failed(job: Any, outcome: str, error: str, sweep_dir: Path, num: int) -> JobReturn:
-    from orchard_app.sweep import append_row
+    from orchard_app.run.job_record import append_row
 
     logs = str(job.paths.stderr)
     log.error("job #%d: %s; log: %s", num, error, logs)

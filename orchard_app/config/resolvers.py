@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from orchard_app.atomic import atomic_write
-from orchard_app.ranks import process_rank
+from orchard_app.distributed.rank import process_rank
 
 SHORT_HASH_LEN = 6
 SLUG_MAX_LEN = 64

@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from orchard_app.config.walk import literal_mismatches, nonfinite_floats, unknown_keys
+from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import ConfigError
-from orchard_app.ranks import process_rank
 
 
 class _Rules:

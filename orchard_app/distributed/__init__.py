@@ -1,8 +1,4 @@
-"""Multi-process training with DistributedDataParallel, composed by the runtime: the process
-group started from the launcher's environment (group.py) and the model wrapped for it
-(model.py). The engine sees only the collective answers it asks for (engine/collective.py)."""
-
-from orchard_app.distributed.group import ProcessGroup, join, shard_bounds
-from orchard_app.distributed.model import check_batches, wrap_model
-
-__all__ = ["ProcessGroup", "check_batches", "join", "shard_bounds", "wrap_model"]
+"""Processes of a run: which process this is (rank.py, read from the launcher's environment,
+no torch), what the engine asks of the others (collective.py: one process answers alone), the
+process group started for DistributedDataParallel (group.py) and the model wrapped for it
+(model.py). Import the modules themselves: this package imports nothing, so `rank` stays light."""

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchard_app.engine.collective import SingleProcess
+from orchard_app.distributed.collective import SingleProcess
+from orchard_app.distributed.rank import ProcessRank, rendezvous
 from orchard_app.errors import DistributedError, RunPruned
 from orchard_app.outcomes import is_pruned
-from orchard_app.ranks import ProcessRank, rendezvous
 
 log = logging.getLogger("orchard_app.distributed")
 

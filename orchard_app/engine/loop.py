@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from orchard_app.data.pipeline import BatchPipeline
+from orchard_app.distributed.collective import SingleProcess
 from orchard_app.engine.checkpoint import Checkpointer, check_compatible, load_checkpoint
-from orchard_app.engine.collective import SingleProcess
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.engine.optim import Schedule
 from orchard_app.engine.precision import amp_dtype as amp_dtype  # (its former home)

@@ -1,7 +1,7 @@
 """Deployment export: ONNX fp32 and INT8 models that take the raw image as stored (uint8 NCHW)
 with the training preprocessing inside the graph, checked against PyTorch, and benchmarked.
 
-One job per module, composed by `orchard_app.deployment` (used by `train()` with
+One job per module, composed by `orchard_app.export.pipeline` (used by `train()` with
 `export.enabled=true` and by `python -m orchard_app.export <run dir or checkpoint>`):
 
 - `graph`: the deployable module (preprocessing -> model -> probabilities)

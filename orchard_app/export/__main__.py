@@ -92,14 +92,14 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
     import contextlib
     import logging
 
-    from orchard_app.tracking.lock import RunLock
-    from orchard_app.tracking.logging import setup_console_only
+    from orchard_app.run.lock import RunLock
+    from orchard_app.run.logging import setup_console_only
 
     undo = setup_console_only(logging.INFO)
     try:
         is_run = (run_dir / "provenance.json").is_file()  # a run dir: one writer at a time
         with RunLock(run_dir) if is_run else contextlib.nullcontext():
-            from orchard_app.deployment import EXPORT_DIR, export_run
+            from orchard_app.export.pipeline import EXPORT_DIR, export_run
 
             bench = export_run(cfg, checkpoint, run_dir / EXPORT_DIR, ckpt=ckpt,
                                report=run_dir / "report.md")  # fmt: skip
@@ -120,7 +120,7 @@ def _track(run_dir: Path, bench: dict) -> None:
     if "mlflow_run_id" not in tracking:
         return
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our handlers route its lines
-    from orchard_app.deployment import summary_metrics
+    from orchard_app.export.pipeline import summary_metrics
     from orchard_app.tracking.mlflow_tracker import RESULT_ARTIFACTS, add_to_run
 
     files = [name for name in RESULT_ARTIFACTS if name.startswith("exports/")] + ["report.md"]

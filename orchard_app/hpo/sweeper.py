@@ -35,21 +35,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from orchard_app.config import monitor_direction
 from orchard_app.errors import ConfigError, HpoError, OrchardError
 from orchard_app.hpo import report
+from orchard_app.hpo.contract import trial_env
+from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import absolute_url, default_url, open_storage
-from orchard_app.hpo.trial import trial_env
-from orchard_app.sweep import read_jobs
+from orchard_app.run.job_record import read_jobs
 
 log = logging.getLogger("orchard_app.hpo")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-OPTUNA_TARGETS = ("optuna.pruners.*", "optuna.samplers.*")
-
-
-def make_pruner(cfg: Any) -> optuna.pruners.BasePruner:
-    """An Optuna pruner from a `_target_` config; null means no pruning."""
-    if cfg is None:
-        return optuna.pruners.NopPruner()
-    return instantiate(cfg, _execution_whitelist_=OPTUNA_TARGETS)
 
 
 class StudySweeper:

@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 
 from orchard_app.errors import RunPruned
+from orchard_app.hpo.contract import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
+from orchard_app.hpo.pruners import make_pruner
 from orchard_app.hpo.storage import open_storage
-
-ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "ORCHARD_HPO_STORAGE", "ORCHARD_HPO_STUDY", "ORCHARD_HPO_TRIAL"
 
 
 class TrialPruned(optuna.TrialPruned, RunPruned):
@@ -23,10 +23,6 @@ class TrialPruned(optuna.TrialPruned, RunPruned):
 
     def __init__(self, message: str, epoch: int):
         RunPruned.__init__(self, message, epoch=epoch)
-
-
-def trial_env(storage: str, study: str, trial_id: int) -> dict[str, str]:
-    return {ENV_STORAGE: storage, ENV_STUDY: study, ENV_TRIAL: str(trial_id)}
 
 
 class JobTrial:
@@ -80,8 +76,6 @@ class JobTrial:
 def _sweep_pruner():
     """The pruner configured on the sweeper (`hydra.sweeper.pruner`), built in this job."""
     from hydra.core.hydra_config import HydraConfig
-
-    from orchard_app.hpo.sweeper import make_pruner
 
     if not HydraConfig.initialized():
         return None

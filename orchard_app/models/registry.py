@@ -70,3 +70,16 @@ def build_model(
         arg = unexpected.group(1)
         fix = _TURN_OFF.get(arg, f"remove model.params.{arg} (~model.params.{arg})")
         raise ModelError(f"{model_cfg.name} has no argument '{arg}'; {fix}") from e
+
+
+def build_for_data(
+    model_cfg: Any, info: Any, exportable: bool = False, pretrained: bool | None = None
+) -> nn.Module:
+    """The model for a dataset (`info`: channels, classes, side); `pretrained=False` never reads
+    pretrained weights (a model whose weights come from a checkpoint), whatever the config says."""
+    if pretrained is False and (model_cfg.pretrained or model_cfg.get("weights")):
+        from omegaconf import OmegaConf
+
+        model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False, "weights": None})
+    return build_model(model_cfg, info.in_chans, info.num_classes, resolution=info.resolution,
+                       exportable=exportable)  # fmt: skip

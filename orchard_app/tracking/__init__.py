@@ -1,4 +1,4 @@
-"""Tracking and provenance: run directory (lock, provenance.json), logging, experiment trackers.
+"""Experiment tracking (MLflow). The run directory, its lock, provenance and logging are orchard_app.run's.
 
 `open_tracker(cfg, ...)` returns the tracker for `cfg.tracking.name`; `tracking=none` returns a
 NullTracker and imports nothing from MLflow. A tracker is a context manager with two hooks:
@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from orchard_app.errors import TrackingError
-
-# MLflow 3.x's UI opens in its GenAI mode (trace overview) unless the page asks for this one;
-# in the UI it is the "Model training" switch at the top left, which the browser remembers.
-UI_MODE = "workflowType=machine_learning"
 
 
 class NullTracker:
@@ -49,11 +45,3 @@ def open_tracker(
 
         return MlflowTracker(cfg, Path(run_dir), config, config_hash, provenance or {})
     raise TrackingError(f"tracking={cfg.tracking.name}: unknown tracker; use none or mlflow")
-
-
-def ui_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """Where to see an experiment's runs (or one run) in MLflow's UI, in its model-training view."""
-    page = f"#/experiments/{experiment_id}/runs{f'/{run_id}' if run_id else ''}?{UI_MODE}"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{page}"

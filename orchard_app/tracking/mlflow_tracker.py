@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
 from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
-from orchard_app.tracking import ui_hint
+from orchard_app.tracking.links import ui_hint
 from orchard_app.tracking.mlflow_store import connect
 from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_this_job
 

@@ -24,18 +24,18 @@ from orchard_app.config.resolvers import (
     resolved_container,
 )
 from orchard_app.config.validate import validate
+from orchard_app.distributed.rank import process_rank
 from orchard_app.engine.loop import Engine, EpochCallback, StepHook
 from orchard_app.errors import TrainingInterrupted
 from orchard_app.evaluation import figures
 from orchard_app.evaluation.artifacts import write_metrics, write_predictions
 from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
-from orchard_app.ranks import process_rank
-from orchard_app.runtime.assemble import assemble
-from orchard_app.runtime.context import RunContext, stop_policy
+from orchard_app.run.assemble import assemble
+from orchard_app.run.context import RunContext, stop_policy
+from orchard_app.run.provenance import device_info
+from orchard_app.run.run_dir import RunDirectory
 from orchard_app.tracking import NullTracker, open_tracker
-from orchard_app.tracking.provenance import device_info
-from orchard_app.tracking.run_dir import RunDirectory
 
 log = logging.getLogger("orchard_app")
 
@@ -220,7 +220,7 @@ def _summary(cfg, engine: Engine, data, test: dict, n_params: int, seconds: floa
 
 
 def _export(cfg, run_path: Path, data) -> dict:
-    from orchard_app.deployment import EXPORT_DIR, export_run, summary_metrics
+    from orchard_app.export.pipeline import EXPORT_DIR, export_run, summary_metrics
 
     best = run_path / "checkpoints" / "best.pt"
     bench = export_run(cfg, best, run_path / EXPORT_DIR, data=data, report=run_path / "report.md")

@@ -11,20 +11,25 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
+from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
-from orchard_app.ranks import process_rank
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> float:
+    """Validate and train one job; `study_trial()` returns the Optuna trial this job runs for
+    (hydra/sweeper=orchard_optuna), or None: the entry point hands it in, so that a run never
+    imports the study machinery."""
     from hydra.core.hydra_config import HydraConfig
 
-    from orchard_app.sweep import record_job, sweep_dir_of_job
+    from orchard_app.run.job_record import record_job, sweep_dir_of_job
 
     multirun = sweep_dir_of_job() is not None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -32,11 +37,12 @@ def run_job(cfg: DictConfig) -> float:
     try:
         from orchard_app.config.validate import validate
 
-        trial = _study_trial()  # first: a trial whose sampled values are invalid fails as such
+        if study_trial is not None and process_rank().is_main:  # rank 0 reports for DDP
+            trial = study_trial()  # first: a trial whose sampled values are invalid fails as such
         validate(cfg)  # before torch is even imported
         if trial is not None:
             _job_dir(trial, run_dir)
-        from orchard_app.experiment import train
+        from orchard_app.run.train import train
 
         value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
@@ -95,20 +101,6 @@ def _hand_over_to_submitit() -> None:
     handler = signal.getsignal(signal.SIGUSR2)
     if callable(handler):
         handler(signal.SIGUSR2, None)
-
-
-def _study_trial():
-    """The Optuna trial this job runs for `hydra/sweeper=orchard_optuna`, else None (optuna is
-    imported only then)."""
-    import os
-
-    from orchard_app.hpo.trial import ENV_TRIAL
-
-    if ENV_TRIAL not in os.environ or not process_rank().is_main:  # rank 0 reports for DDP
-        return None
-    from orchard_app.hpo.trial import JobTrial
-
-    return JobTrial.from_env()
 
 
 def _job_dir(trial, run_dir: Path) -> None:

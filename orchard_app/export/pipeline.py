@@ -1,6 +1,6 @@
 """The deployment export of a trained run: `export_run(cfg, checkpoint, out_dir)`.
 
-Composed from the one assembly (`runtime.assemble.assemble_export`: data, the pipeline's own
+Composed from the one assembly (`export.assemble.assemble_export`: data, the pipeline's own
 preprocessing module, the checkpoint's model rebuilt without pretrained weights), the export
 steps (`orchard_app/export`) and the one evaluation function (`evaluate_predictor`, the same
 for a PyTorch module and an onnxruntime session). Used by `train()` with `export.enabled=true`
@@ -17,18 +17,19 @@ import json
 import logging
 import platform
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from orchard_app import __version__
 from orchard_app.atomic import atomic_path, atomic_write
 from orchard_app.config.resolvers import hash_container
 from orchard_app.evaluation.artifacts import clean_json
 from orchard_app.evaluation.metrics import evaluate_predictor, predictions
 from orchard_app.evaluation.report import update_export_section
+from orchard_app.export.assemble import ExportParts, assemble_export
 from orchard_app.export.benchmark import latency, torch_threads
 from orchard_app.export.graph import Deployable, torch_predictor
 from orchard_app.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, set_metadata
@@ -36,7 +37,6 @@ from orchard_app.export.quantize import SETTINGS as INT8_SETTINGS
 from orchard_app.export.quantize import quantize_int8
 from orchard_app.export.session import onnx_predictor, open_session
 from orchard_app.export.validate import Deviation, check_deviation, max_deviation, random_images
-from orchard_app.runtime.assemble import ExportParts, assemble_export
 
 log = logging.getLogger("orchard_app.export")
 
@@ -226,7 +226,7 @@ def _metadata(cfg, parts: ExportParts, config_hash: str) -> dict[str, str]:
     info = parts.data.info
     c, r = info.channels, info.resolution
     return {
-        "producer": f"orchard_app {__version__}",
+        "producer": f"orchard_app {metadata.version('orchard_app')}",
         "input_format": f"uint8 NCHW [batch, {c}, {r}, {r}]: raw pixel values 0-255 as stored "
         "in the dataset; scaling, channel expansion and normalisation are inside the graph",
         "input_dtype": "uint8",

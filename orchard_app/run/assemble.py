@@ -1,16 +1,12 @@
 """The one assembly of a run: config + run context -> data, model, pipeline, optimiser and
 schedule, checkpointer and engine. `train()`, the tests and `bench/` all build runs here, so a
 new part (a pruning callback, a DDP wrapper) is added in one place.
-
-`assemble_export` builds what a deployment export needs from the same config: the data, the
-preprocessing module the pipeline uses, and the model rebuilt from a checkpoint (exportable
-layers, never pretrained weights: the checkpoint has them, and it works offline)."""
+(What an export needs is assembled in export/assemble.py from the same factories.)"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,12 +15,9 @@ from orchard_app.config import monitor_direction
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.data.dataset import DataBundle, load_dataset
 from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.data.preprocess import Preprocess
 from orchard_app.engine.checkpoint import (
     Checkpointer,
-    check_compatible,
     fingerprint,
-    load_checkpoint,
 )
 from orchard_app.engine.loop import (
     Engine,
@@ -35,9 +28,8 @@ from orchard_app.engine.loop import (
 )
 from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.engine.precision import amp_dtype
-from orchard_app.errors import CheckpointError
-from orchard_app.models import build_model
-from orchard_app.runtime.context import RunContext
+from orchard_app.models import build_for_data
+from orchard_app.run.context import RunContext
 
 
 @dataclass
@@ -76,7 +68,7 @@ def assemble(
     seed = int(cfg.training.seed)
     data = load_dataset(cfg.dataset, seed=seed)
     info = data.info
-    model = build_run_model(cfg, info)
+    model = build_for_data(cfg.model, info)
     hw = cfg.hardware
     memory_format = torch.channels_last if hw.channels_last else torch.preserve_format
     model = model.to(ctx.device, memory_format=memory_format)
@@ -84,7 +76,7 @@ def assemble(
     steps = steps_per_epoch(len(data.train), settings.batch_size)
     step_model = model  # what trains: DDP's wrapper in a multi-process run
     if ctx.distributed:
-        from orchard_app.distributed import check_batches, wrap_model
+        from orchard_app.distributed.model import check_batches, wrap_model
 
         sync = bool(hw.sync_batchnorm)
         check_batches(len(data.train), settings.batch_size, ctx.world_size, sync)
@@ -104,48 +96,3 @@ def assemble(
         callbacks=callbacks, step_hooks=step_hooks, stop=ctx.stop, group=ctx.group,
     )  # fmt: skip
     return RunParts(data, model, pipeline, engine)
-
-
-def build_run_model(cfg, info, exportable: bool = False, pretrained: bool | None = None):
-    """The run's model for this dataset; `pretrained=False` never reads pretrained weights
-    (a model whose weights come from a checkpoint), whatever model.pretrained says."""
-    model_cfg = cfg.model
-    if pretrained is False and (model_cfg.pretrained or model_cfg.get("weights")):
-        from omegaconf import OmegaConf
-
-        model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False, "weights": None})
-    return build_model(model_cfg, info.in_chans, info.num_classes, resolution=info.resolution,
-                       exportable=exportable)  # fmt: skip
-
-
-@dataclass
-class ExportParts:
-    data: DataBundle
-    preprocess: Preprocess  # the very module the training pipeline converts batches with
-    model: torch.nn.Module  # the checkpoint's weights, eval mode, on the CPU
-    checkpoint: Path
-    epoch: int | None  # the epoch the weights are from
-    config: dict[str, Any]  # the resolved config recorded in the checkpoint
-
-
-def assemble_export(
-    cfg, checkpoint: Path, data: DataBundle | None = None, ckpt: dict[str, Any] | None = None
-) -> ExportParts:
-    """Data (reused when given), preprocessing and the model of `checkpoint`, rebuilt for export:
-    exportable layers, no pretrained weights (the checkpoint has them), weights loaded on the
-    CPU after the checkpoint's fingerprint was checked against this config."""
-    checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
-    data = load_dataset(cfg.dataset, seed=int(cfg.training.seed)) if data is None else data
-    model = build_run_model(cfg, data.info, exportable=True, pretrained=False)
-    check_compatible(ckpt["fingerprint"], fingerprint(cfg.model, data.info, model), checkpoint)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(
-            f"{checkpoint}: its weights do not load into {cfg.model.name} "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
-        ) from None
-    epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
-    return ExportParts(data, Preprocess.for_data(cfg.dataset, data.info), model.eval(),
-                       checkpoint, epoch, ckpt.get("config") or {})  # fmt: skip

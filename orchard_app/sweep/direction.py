@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, open_dict, read_write
 
 from orchard_app.config.monitor import direction_of
 from orchard_app.errors import ConfigError
-from orchard_app.sweep import say
+from orchard_app.sweep.console import say
 
 KEY = "hydra.sweeper.direction"
 PLUGIN_DEFAULT = "minimize"  # OptunaSweeperConf.direction in hydra-optuna-sweeper

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchard_app.engine.collective import SingleProcess
+from orchard_app.distributed.collective import SingleProcess
+from orchard_app.distributed.rank import ProcessRank, process_rank
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.errors import ConfigError, DistributedError
-from orchard_app.ranks import ProcessRank, process_rank
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RunContext:
         device = setup_torch(cfg.hardware, int(cfg.training.seed), process.local_rank)
         group = SingleProcess()
         if cfg.hardware.get("distributed") and process.world_size > 1:
-            from orchard_app.distributed import join
+            from orchard_app.distributed.group import join
 
             group = join(cfg.hardware, process, device)
         return cls(Path(run_dir), device, process, stop or StopSignals(), group)

@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from orchard_app.sweep import RECORD_NAME, say
+from orchard_app.run.job_record import RECORD_NAME
+from orchard_app.sweep.console import say
 
 POLL_S = 0.5
 ENDED = ("completed", "failed", "timeout", "interrupted", "pruned")  # "requeued" runs again
@@ -32,7 +33,7 @@ def total_jobs(config) -> int | None:
     """How many jobs the sweep will run: n_trials for Optuna, the number of combinations of
     the swept values for Hydra's basic sweeper, None when it cannot be known (the lines then
     count without a total and give no ETA)."""
-    from orchard_app.sweep_direction import is_optuna
+    from orchard_app.sweep.direction import is_optuna
 
     sweeper = config.hydra.sweeper
     if is_optuna(sweeper):  # a grid sampler may stop before n_trials: unknown then
@@ -173,7 +174,7 @@ def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str = "va
 
 def mlflow_hint(jobs: list[dict[str, Any]]) -> str | None:
     """`MLflow: <where to see the sweep>` when its jobs were tracked (from a job's provenance)."""
-    from orchard_app.tracking import ui_hint
+    from orchard_app.tracking.links import ui_hint
 
     for job in jobs:
         try:

@@ -1,0 +1,78 @@
+"""The `SweepSummary` Hydra callback around a `--multirun` (see conf/config.yaml).
+
+It prints a line per finished job while the sweep runs and a table from the sweep's
+jobs.jsonl (orchard_app.run.job_record) when it ends, and makes the exit code non-zero when a
+job failed. Light on purpose (no torch; its helpers are imported when a multirun starts):
+Hydra imports it at every start.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from orchard_app.run.job_record import read_jobs
+
+
+class SweepSummary(Callback):
+    """Around a --multirun, in the launcher process: point an Optuna sweeper the monitor's way
+    (sweep_direction.py), route launcher warnings through one handler (sweep_logs.py), print a
+    line per finished job while it runs and a table at its end (sweep_progress.py), and exit 1
+    when a job failed. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._undo_logs = None
+        self._refused = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_progress": None, "_undo_logs": None}
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep.direction import follow_monitor, is_optuna
+        from orchard_app.sweep.launcher_logs import route_launcher_logs
+        from orchard_app.sweep.progress import Progress, total_jobs
+
+        try:
+            follow_monitor(config)
+        except SystemExit:
+            self._refused = True
+            raise
+        self._undo_logs = route_launcher_logs(config)
+        noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self._progress = Progress(sweep_dir, total_jobs(config), noun,
+                                  str(config.training.monitor), direction_of(config)).start()  # fmt: skip
+
+    def on_job_end(self, config, job_return, **kwargs: Any) -> None:
+        if self._progress is not None:  # a job of this process: its line comes at once
+            self._progress.poll()
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if self._refused:
+            return
+        from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep.progress import mlflow_hint, summary_text
+
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.stop()
+        if self._undo_logs is not None:
+            self._undo_logs()
+            self._undo_logs = None
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        jobs = read_jobs(sweep_dir)
+        if not jobs:
+            return
+        text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config))
+        if hint := mlflow_hint(jobs):
+            text += "\n" + hint
+        print("\n" + text, file=sys.stderr, flush=True)
+        outcomes = {job["outcome"] for job in jobs}
+        study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
+        if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:
+            raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)
