@@ -30,7 +30,7 @@ def run_dirs(base: Path) -> list[Path]:
 
 def hold_lock(run: Path) -> subprocess.Popen:
     """Another process holding the run dir's lock (a run in progress)."""
-    code = ("import sys,time; from orchard_app.run.lock import RunLock; "
+    code = ("import sys,time; from orchard_app.rundir.lock import RunLock; "
             "l=RunLock(sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(120)")  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True

@@ -28,8 +28,8 @@ from orchard_app import train
 from orchard_app.config import config_hash
 from orchard_app.config.resolvers import claim_unique_dir
 from orchard_app.errors import DataError, RunLockedError, TrainingInterrupted
-from orchard_app.run import provenance
-from orchard_app.run.run_dir import RunDirectory
+from orchard_app.rundir import provenance
+from orchard_app.rundir.directory import RunDirectory
 
 IN_GIT_CHECKOUT = (ROOT / ".git").exists()
 
@@ -86,7 +86,7 @@ def read_json(path: Path) -> dict:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from orchard_app.run.lock import RunLock
+from orchard_app.rundir.lock import RunLock
 lock = RunLock(Path(sys.argv[1])).__enter__()  # (kept referenced: filelock unlocks on GC)
 print("locked", flush=True)
 time.sleep(300)

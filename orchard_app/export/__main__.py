@@ -92,8 +92,8 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
     import contextlib
     import logging
 
-    from orchard_app.run.lock import RunLock
-    from orchard_app.run.logging import setup_console_only
+    from orchard_app.rundir.lock import RunLock
+    from orchard_app.rundir.logging import setup_console_only
 
     undo = setup_console_only(logging.INFO)
     try:

@@ -33,8 +33,8 @@ from orchard_app.evaluation.metrics import confusion, per_class_report
 from orchard_app.evaluation.report import write_report
 from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext, stop_policy
-from orchard_app.run.provenance import device_info
-from orchard_app.run.run_dir import RunDirectory
+from orchard_app.rundir.directory import RunDirectory
+from orchard_app.rundir.provenance import device_info
 from orchard_app.tracking import NullTracker, open_tracker
 
 log = logging.getLogger("orchard_app")

@@ -23,9 +23,9 @@ from typing import Any
 from orchard_app.atomic import atomic_write
 from orchard_app.errors import RunDirError, StorageError
 from orchard_app.outcomes import outcome_of
-from orchard_app.run.lock import RunLock
-from orchard_app.run.logging import setup_console_only, setup_logging
-from orchard_app.run.provenance import Provenance, read_provenance, requirements
+from orchard_app.rundir.lock import RunLock
+from orchard_app.rundir.logging import setup_console_only, setup_logging
+from orchard_app.rundir.provenance import Provenance, read_provenance, requirements
 
 log = logging.getLogger("orchard_app.tracking")
 

@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 
 from orchard_app.atomic import atomic_write
 from orchard_app.errors import RunLockedError, StorageError
-from orchard_app.run.provenance import now
+from orchard_app.rundir.provenance import now
 
 LOCK_NAME = ".run.lock"
 OWNER_NAME = ".run.lock.json"

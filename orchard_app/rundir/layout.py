@@ -1,0 +1,58 @@
+"""Every file name of a run directory and of a sweep directory, in one place.
+
+A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/`) holds:
+
+    provenance.json        what ran where, and how it ended (written first, finished last)
+    requirements.txt       the installed packages
+    .hydra/                config.yaml, hydra.yaml, overrides.yaml (written once the lock is held)
+    logs/                  run.log (text) and run.jsonl (structured)
+    checkpoints/           last.pt (every epoch, exact resume) and best.pt (the monitor's best)
+    predictions_test.csv   the test split's probabilities
+    figures/               training curves, confusion matrix or per-label AUC, ROC, samples
+    report.md              the human-readable report
+    exports/               model.onnx, model_int8.onnx, benchmark.json (export.enabled)
+    metrics.json           the run's summary: written last, so its presence means "finished"
+
+A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's study.csv,
+top_trials.md, best_config.yaml and figures/, and submitit's .submitit/ job files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# ---- a run dir
+PROVENANCE = "provenance.json"
+REQUIREMENTS = "requirements.txt"
+HYDRA_DIR = ".hydra"
+HYDRA_CONFIG, HYDRA_HYDRA, HYDRA_OVERRIDES = "config.yaml", "hydra.yaml", "overrides.yaml"
+LOGS_DIR = "logs"
+LOG_TEXT, LOG_JSON = "run.log", "run.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
+PREDICTIONS = "predictions_test.csv"
+FIGURES_DIR = "figures"
+REPORT = "report.md"
+EXPORTS_DIR = "exports"
+ONNX_FP32, ONNX_INT8, EXPORT_BENCHMARK = "model.onnx", "model_int8.onnx", "benchmark.json"
+METRICS = "metrics.json"
+LOCK, LOCK_HOLDER = ".run.lock", ".run.lock.json"
+
+# ---- a sweep dir
+JOBS = "jobs.jsonl"
+STUDY_CSV, TOP_TRIALS, BEST_CONFIG = "study.csv", "top_trials.md", "best_config.yaml"
+MULTIRUN_YAML = "multirun.yaml"  # Hydra's own record of the sweep
+SUBMITIT_DIR = ".submitit"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / BEST_CHECKPOINT
+
+
+def run_dir_of_checkpoint(checkpoint: Path) -> Path:
+    """<run dir>/checkpoints/<name>.pt -> <run dir>."""
+    return Path(checkpoint).parent.parent
