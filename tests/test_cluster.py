@@ -19,6 +19,8 @@ import pytest
 from conftest import run_cli, tiny_overrides
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError, cloudpickle_dump
 
 from orchard_app.cluster import plugin
@@ -32,18 +34,22 @@ SHOW_JOB = ("JobId=4243 ArrayJobId=4241 ArrayTaskId=1 JobName=__main__ UserId=me
 INVALID_ID = "slurm_load_jobs error: Invalid job id specified"
 
 
-def fake_scontrol(tmp_path: Path, monkeypatch, state: str = "", reason: str = "") -> Path:
-    """`scontrol show job -o <id>` answering `state` (a job SLURM no longer knows without one)."""
+def fake_tool(tmp_path: Path, monkeypatch, name: str, body: str) -> None:
+    """An executable `name` first on PATH, running the shell `body`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def fake_scontrol(tmp_path: Path, monkeypatch, state: str = "", reason: str = "") -> Path:
+    """`scontrol show job -o <id>` answering `state` (a job SLURM no longer knows without one)."""
     calls = tmp_path / "scontrol_calls"
     answer = (f'echo "{SHOW_JOB.format(state=state, reason=reason)}"' if state
               else f'echo "{INVALID_ID}" >&2; exit 1')  # fmt: skip
-    script = bin_dir / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
-                      f'[ "$1 $2 $3" = "show job -o" ] || exit 2\n{answer}\n')  # fmt: skip
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    fake_tool(tmp_path, monkeypatch, "scontrol",
+              f'echo "$*" >> {calls}\n[ "$1 $2 $3" = "show job -o" ] || exit 2\n{answer}')  # fmt: skip
     return calls
 
 
@@ -183,6 +189,43 @@ def test_an_error_submitit_pickled_itself_is_a_failed_row(tmp_path):
     plugin._result(job, sweep, 0)
     (row,) = rows(sweep).values()
     assert row["outcome"] == "failed" and row["error"].startswith("FailedJobError: ")
+
+
+def test_a_batch_is_submitted_as_one_job_array_and_its_lost_tasks_reported(
+    tmp_path, monkeypatch, fast_polls, caplog
+):
+    """Our copy of the stock launch, up to sbatch (a fake one that keeps the script it was given)."""
+    fake_scontrol(tmp_path, monkeypatch, "CANCELLED", "None")
+    fake_tool(tmp_path, monkeypatch, "sbatch",
+              f'cp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4241"')  # fmt: skip
+    fake_tool(tmp_path, monkeypatch, "srun", "exit 1")  # (submitit looks for it; never run here)
+    sweep = tmp_path / "sweep"
+    conf = SlurmQueueConf(submitit_folder=f"{sweep}/.submitit/%j", name="orchard", mem_gb=1, partition="debug",
+                          array_parallelism=8, max_num_timeout=0, additional_parameters={"qos": "high"})  # fmt: skip
+    params = OmegaConf.to_container(OmegaConf.structured(conf))
+    del params["_target_"]
+    launcher = plugin.OrchardSlurmLauncher(**params)
+    hydra = {"sweep": {"dir": str(sweep), "subdir": "${hydra.job.num}", "mode": "770"}}
+    launcher.setup(
+        hydra_context=None, task_function=None, config=OmegaConf.create({"hydra": hydra})
+    )
+    with caplog.at_level(logging.INFO, "orchard_app.cluster"):
+        returns = launcher.launch([["training.seed=1"], ["training.seed=2"]], initial_job_idx=0)
+    assert [math.isnan(r.return_value) for r in returns] == [True, True]
+    submitted = (tmp_path / "submitted.sh").read_text()
+    for flag in (
+        "--array=0-1%2",
+        "--job-name=orchard",
+        "--partition=debug",
+        "--mem=1GB",
+        "--qos=high",
+    ):
+        assert f"#SBATCH {flag}\n" in submitted, submitted
+    assert (sweep.stat().st_mode & 0o777) == 0o770  # ++hydra.sweep.mode, as the stock launch does
+    assert [r["error"] for r in rows(sweep).values()] == [
+        f"SLURM job 4241_{i} ended CANCELLED (None) without a result" for i in (0, 1)
+    ]
+    assert "submitted job array 4241 (2 tasks)" in caplog.messages
 
 
 def test_a_one_job_sweep_on_the_local_launcher(tiny_npz, tmp_path):

@@ -73,7 +73,7 @@ class OrchardSlurmLauncher(_Continues, stock.SlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:  # e.g. ++hydra.sweep.mode=770 for a shared group
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        log.info("submitit 'slurm' sweep output dir : %s", sweep_dir)
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
         params = []
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", num, " ".join(stock.filter_overrides(overrides)))
