@@ -183,13 +183,17 @@ def test_a_job_that_failed_is_a_row_with_its_error_not_a_traceback(
     assert capsys.readouterr().err == "" and "Traceback" not in caplog.text  # ours, said once
 
 
-def test_an_error_submitit_pickled_itself_is_a_failed_row(tmp_path):
+def test_an_error_submitit_pickled_itself_is_a_row_with_the_jobs_last_line(tmp_path):
     sweep = tmp_path / "sweep"
     job = FakeJob(sweep / ".submitit", "9_0")
-    job.finish("error", "Traceback (most recent call last):\n  File \"x.py\"\nKeyError: 'hydra'\n")
+    trace = 'Traceback (most recent call last):\n  File "x.py"\n{}\n'
+    job.finish("error", trace.format("KeyError: 'hydra'"))
     plugin._result(job, sweep, 0)
-    (row,) = rows(sweep).values()
-    assert row["outcome"] == "failed" and row["error"].startswith("FailedJobError: ")
+    assert rows(sweep)[0]["outcome"] == "failed"
+    assert rows(sweep)[0]["error"] == "FailedJobError: KeyError: 'hydra'"  # not the log's path
+    job.finish("error", trace.format("UncompletedJobError: Job not requeued because: timed-out."))
+    plugin._result(job, sweep, 0)
+    assert rows(sweep)[0]["outcome"] == "timeout"
 
 
 def test_a_batch_is_submitted_as_one_job_array_and_its_lost_tasks_reported(

@@ -119,7 +119,9 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
             _ = ret.return_value  # raises the job's exception
     except Exception as e:  # that one, or one that submitit pickled of its own
         error = e
-    text = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    parts = str(error).split("-" * 22)  # submitit's FailedJobError: the job's trace inside
+    lines = parts[len(parts) // 2].strip().splitlines()  # (else the error's own message)
+    text = lines[-1] if lines else ""
     outcome = Outcome.TIMEOUT if "timed-out" in text else Outcome.FAILED
     if outcome == Outcome.TIMEOUT:
         text += " (hydra.launcher.max_num_timeout requeues were used up)"
