@@ -32,13 +32,9 @@ RESUME = "training.resume=auto"
 POLL_S, RESULT_GRACE_S = 2.0, 30.0  # a result pickle can land a little after the job ends
 
 
-def restarted() -> bool:
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-
-
 class _Continues:
     def __call__(self, sweep_overrides: list[str], *args: Any) -> JobReturn:
-        if restarted():  # SLURM started this job again: continue the run dir it left
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0):  # started again: continue its run dir
             sweep_overrides = [o for o in sweep_overrides if not o.startswith("training.resume=")]
             sweep_overrides.append(RESUME)
         return super().__call__(sweep_overrides, *args)  # type: ignore[misc]
