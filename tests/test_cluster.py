@@ -1,6 +1,7 @@
 """The submitit fence, without a cluster: the pinned plugin's `launch` our copy mirrors, how the
 SLURM launcher collects results and reports a lost job (fake submitit jobs whose result pickles
-are really written, fake `scontrol` and `sbatch` first on PATH), and one `hydra/launcher=local` sweep."""
+are really written, fake `scontrol` and `sbatch` first on PATH), one `hydra/launcher=local` sweep.
+"""
 
 from __future__ import annotations
 
