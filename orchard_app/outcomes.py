@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # a signal or Ctrl-C; resumable from last.pt
     PRUNED = "pruned"  # stopped early on purpose by a pruner
     REQUEUED = "requeued"  # stopped by the scheduler, which starts it again (resume=auto)
+    TIMEOUT = "timeout"
 
 
 # MLflow's run statuses: FINISHED / FAILED / KILLED; tags carry the exact outcome.

@@ -12,6 +12,8 @@ Imported at every start (plugin discovery): submitit is imported only when a swe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -22,19 +24,17 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock  # pinned 1.4.0rc3
 
+from orchard_app.outcomes import Outcome
+
 log = logging.getLogger("orchard_app.cluster")
 
 RESUME = "training.resume=auto"
 POLL_S, RESULT_GRACE_S = 2.0, 30.0  # a result pickle can land a little after the job ends
 
 
-def restarted() -> bool:
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-
-
 class _Continues:
     def __call__(self, sweep_overrides: list[str], *args: Any) -> JobReturn:
-        if restarted():  # SLURM started this job again: continue the run dir it left
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0):  # started again: continue its run dir
             sweep_overrides = [o for o in sweep_overrides if not o.startswith("training.resume=")]
             sweep_overrides.append(RESUME)
         return super().__call__(sweep_overrides, *args)  # type: ignore[misc]
@@ -45,6 +45,8 @@ class OrchardLocalLauncher(_Continues, stock.LocalLauncher):
 
 
 class OrchardSlurmLauncher(_Continues, stock.SlurmLauncher):
+    STOCK_LAUNCH_SHA256 = "57903c8211a02f0e"  # [:16] of the stock source our launch mirrors
+
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         """hydra-submitit-launcher 1.4.0rc3's launch (one job array per batch), with the wait
         at the end replaced by `_collect` (the stock one waits forever for a killed job)."""
@@ -63,7 +65,9 @@ class OrchardSlurmLauncher(_Continues, stock.SlurmLauncher):
         })  # fmt: skip
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info("submitit 'slurm' sweep output dir : %s", sweep_dir)
+        if "mode" in self.config.hydra.sweep:  # e.g. ++hydra.sweep.mode=770 for a shared group
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info("Submitit '%s' sweep output dir : %s", self._EXECUTOR, sweep_dir)
         params = []
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", num, " ".join(stock.filter_overrides(overrides)))
@@ -107,23 +111,26 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
         ret = job.results()[0]
         if ret.status != JobStatus.FAILED:
             return ret
-        error = ret._return_value  # pinned: hydra-core's JobReturn (.return_value re-raises)
-    except Exception as e:  # submitit pickled an error of its own
+        with contextlib.redirect_stderr(io.StringIO()):  # its "Error executing job": ours follows
+            _ = ret.return_value  # raises the job's exception
+    except Exception as e:  # that one, or one that submitit pickled of its own
         error = e
-    text = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-    outcome = "timeout" if "timed-out" in text else "failed"
-    if outcome == "timeout":
+    parts = str(error).split("-" * 22)  # submitit's FailedJobError: the job's trace inside
+    lines = parts[len(parts) // 2].strip().splitlines()  # (else the error's own message)
+    text = lines[-1] if lines else ""
+    outcome = Outcome.TIMEOUT if "timed-out" in text else Outcome.FAILED
+    if outcome == Outcome.TIMEOUT:
         text += " (hydra.launcher.max_num_timeout requeues were used up)"
     return _failed(job, outcome, f"{type(error).__name__}: {text}", sweep_dir, num)
 
 
 def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
-    outcome = "timeout" if state == "TIMEOUT" else "failed"
+    outcome = Outcome.TIMEOUT if state == "TIMEOUT" else Outcome.FAILED
     why = f"SLURM job {job.job_id} ended {state}" + (f" ({reason})" if reason else "")
     return _failed(job, outcome, why + " without a result", sweep_dir, num)
 
 
-def _failed(job: Any, outcome: str, error: str, sweep_dir: Path, num: int) -> JobReturn:
+def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int) -> JobReturn:
     from orchard_app.run.job_record import append_row
 
     logs = str(job.paths.stderr)
