@@ -41,6 +41,7 @@ class AugmentConfig:
     color_jitter: float = 0.0  # brightness/contrast strength in [0, 1]; saturation too for RGB
     random_resized_crop: bool = False
     crop_scale_min: float = 0.6  # smallest crop area for random_resized_crop
+    safe_only: bool = False  # leave out the flips this set forbids, saying so (data/laterality.py)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class DatasetConfig:
     path: str | None = None  # npz only: the file
     task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports
+    lateral: bool | None = None  # class names name a side: no horizontal flips (null: inferred)
+    upright: bool = False  # images have a canonical up (X-ray, CT, ultrasound, OCT)
     max_samples: int | None = None  # cap on training samples (stratified)
     force_rgb: bool = False  # replicate grayscale to 3 channels
     mean: float = 0.5  # normalisation: (x/255 - mean) / std, as the MedMNIST benchmark does

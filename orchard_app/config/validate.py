@@ -74,6 +74,7 @@ def validate(cfg: DictConfig) -> None:
     _optimizer(r)
     _scheduler(r)
     _dataset(r)
+    r.problems += _flips(cfg)
     _model(r)
     _hardware(r)
     _export(r)
@@ -205,6 +206,12 @@ def _dataset(r: _Rules) -> None:
     r.check("dataset.augment.scale", lambda v: 0 <= v < 1, "must be in [0, 1)")
     r.check("dataset.augment.color_jitter", lambda v: 0 <= v <= 1, "must be in [0, 1]")
     r.check("dataset.augment.crop_scale_min", lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+
+def _flips(cfg: DictConfig) -> list[str]:
+    from orchard_app.data.laterality import plan_flips
+
+    return plan_flips(cfg)[2]
 
 
 def _model(r: _Rules) -> None:

@@ -73,6 +73,7 @@ class EngineSettings:
     label_smoothing: float = 0.0
     class_weighted_loss: bool = False
     amp_dtype: torch.dtype | None = None
+    tta_hflip: bool = True  # test-time augmentation averages horizontal flips (not on lateral sets)
     tta_vflip: bool = False  # test-time augmentation also averages vertical flips
 
 
@@ -275,7 +276,7 @@ class Engine:
         self.model.eval()
         self.group.sync_buffers(self.model)
         probs, labels, loss_sum = [], [], 0.0
-        flips = [(), (3,)] + ([(2,)] if tta and self.settings.tta_vflip else [])
+        flips = [()] + [(3,)] * self.settings.tta_hflip + [(2,)] * self.settings.tta_vflip
         part = self.group.shard(len(split))
         for x, y in self.pipeline.eval_batches(split, self.settings.eval_batch_size, part):
             views = flips if tta else [()]

@@ -14,6 +14,7 @@ import torch
 from orchard_app.config import monitor_direction
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.data.dataset import DataBundle, load_dataset
+from orchard_app.data.laterality import is_lateral
 from orchard_app.data.pipeline import BatchPipeline
 from orchard_app.engine.checkpoint import (
     Checkpointer,
@@ -52,7 +53,7 @@ def engine_settings(cfg, device: torch.device) -> EngineSettings:
         patience=t.early_stop_patience, grad_clip=None if t.grad_clip is None else float(t.grad_clip),
         mixup_alpha=float(t.mixup_alpha), label_smoothing=float(t.label_smoothing),
         class_weighted_loss=bool(t.class_weighted_loss), amp_dtype=amp_dtype(cfg.hardware, device),
-        tta_vflip=bool(cfg.dataset.augment.vflip),
+        tta_hflip=not is_lateral(cfg.dataset), tta_vflip=bool(cfg.dataset.augment.vflip),
     )  # fmt: skip
 
 

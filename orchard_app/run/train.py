@@ -49,6 +49,7 @@ def train(
     """Train, test and record one run; `callbacks` run after each epoch (after tracking),
     `step_hooks` after each training step."""
     validate(cfg)
+    left_out = _safe_flips(cfg)  # before the config is recorded: the run records what it used
     run_path = Path(output_dir) if output_dir is not None else _hydra_output_dir()
     config = resolved_container(cfg)  # resolved once: recorded, hashed, logged
     digest = hash_container(config)
@@ -72,6 +73,8 @@ def train(
             if ctx.distributed:
                 run.provenance.update(backend=ctx.group.backend)
         log.info("run dir %s", run_path)
+        if left_out:
+            log.info("augment: dataset.augment.safe_only left out %s", "; ".join(left_out))
         _log_processes(ctx, cfg)
 
         progress.phase = "loading the data and building the model"
@@ -119,6 +122,18 @@ def train(
         files = ["report.md", "metrics.json", "checkpoints/best.pt"]
         log.info("done: %s  (%s)", run_path, ", ".join(files + ["exports/"] * cfg.export.enabled))
         return float(state.best_value)
+
+
+def _safe_flips(cfg: DictConfig) -> list[str]:
+    """Apply the flips `dataset.augment.safe_only` keeps for this set; what it left out."""
+    from omegaconf import OmegaConf
+
+    from orchard_app.data.laterality import plan_flips
+
+    use, left_out, _ = plan_flips(cfg)
+    for key, value in use.items():
+        OmegaConf.update(cfg, key, value)
+    return left_out
 
 
 def _log_processes(ctx: RunContext, cfg: DictConfig) -> None:
