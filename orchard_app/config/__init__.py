@@ -21,9 +21,23 @@ def register() -> None:
     register_resolvers()
 
 
+def compose(*overrides: str, config_name: str = "config", return_hydra_config: bool = False):
+    """The config `python -m orchard_app <overrides>` composes from conf/ (tests, bench, saved
+    runs); with `return_hydra_config`, its `hydra` node too, as the launcher process sees it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return hydra_compose(config_name, list(overrides), return_hydra_config)
+
+
 __all__ = [
     "CONF_DIR",
     "MACHINE_KEYS",
+    "compose",
     "config_hash",
     "direction_of",
     "experiment_view",
