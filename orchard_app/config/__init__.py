@@ -1,5 +1,6 @@
 """Configuration: schemas (ConfigStore), resolvers and validation rules. No torch imports."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from orchard_app.config.monitor import direction_of, monitor_direction
@@ -15,10 +16,11 @@ from orchard_app.config.schema import register as register_schema
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def register() -> None:
-    """Make the schema and resolvers known to Hydra; safe to call more than once."""
+def register(claim: Callable[[str], str] | None = None) -> None:
+    """Make the schema and resolvers known to Hydra; safe to call more than once. `claim` is
+    the run-dir claim behind `${orchard_unique:...}` (see `register_resolvers`)."""
     register_schema()
-    register_resolvers()
+    register_resolvers(claim)
 
 
 def compose(*overrides: str, config_name: str = "config", return_hydra_config: bool = False):
