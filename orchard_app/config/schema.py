@@ -27,8 +27,7 @@ from orchard_app.config.choices import (
     Task,
     Tracker,
 )
-
-MEDMNIST_RESOLUTIONS = [28, 64, 128, 224]
+from orchard_app.config.medmnist import medmnist_sides
 
 
 def rule(default: Any, says: str = "{}", ok: Callable[[Any], bool] | None = None, **bounds) -> Any:
@@ -85,9 +84,7 @@ class DatasetConfig:
     source: Source = MISSING
     root: str = "${oc.env:ORCHARD_DATA_DIR,'~/.medmnist'}"
     resolution: int = 28
-    resolutions: list[int] | None = field(
-        default_factory=lambda: list(MEDMNIST_RESOLUTIONS)
-    )  # null = any
+    resolutions: list[int] | None = field(default_factory=medmnist_sides)  # null = any
     path: str | None = None  # npz only: the file
     task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from orchard_app.config.medmnist import medmnist_2d_names
 from orchard_app.config.walk import field_problems
 from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import ConfigError
@@ -92,8 +93,6 @@ def _dataset(r: _Rules) -> None:
     if source == "npz" and not r.get("dataset.path"):
         r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
     if source == "medmnist":
-        from orchard_app.data.medmnist_info import medmnist_2d_names
-
         names = medmnist_2d_names()
         if name not in names:
             r.fail("dataset.name", name, "not a MedMNIST 2D dataset; one of " + ", ".join(names))
