@@ -39,7 +39,7 @@ def rule(default: Any, says: str = "{}", ok: Callable[[Any], bool] | None = None
         worded = f"{'>=' if 'ge' in bounds else '>'} {lo}"
     else:
         worded = f"in {'[' if 'ge' in bounds else '('}{lo}, {hi}{']' if 'le' in bounds else ')'}"
-    meta = {"bounds": bounds, "ok": ok, "says": "must be " + says.format(worded)}
+    meta = {"bounds": bounds, "ok": ok, "says": says.format(worded)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)

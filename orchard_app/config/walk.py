@@ -71,19 +71,20 @@ def field_problems(cfg: DictConfig) -> list[str]:
             continue
         base, nullable = _strip_optional(hint)
         value = OmegaConf.select(cfg, path, throw_on_missing=False)
-        many = OmegaConf.is_list(value) or isinstance(value, list)
         if value is None and nullable:
             continue
+        many = OmegaConf.is_list(value) or isinstance(value, list)
+        items = list(value) if many else [value]
+        shown = f"{path}={'null' if value is None else value}: must be"
         if typing.get_origin(base) is Literal:
-            allowed = options(base)
-            if value not in allowed:
-                listed = ", ".join(allowed) + (", or null" if nullable else "")
-                problems.append(f"{path}={_show(value)}: must be one of {listed}")
-        elif _nonfinite(base, value, many):
-            says = _finite(meta["says"], many) if meta else "must be a finite number"
-            problems.append(f"{path}={_show(value)}: {says}")
-        elif meta and not _obeys(value, meta, many):
-            problems.append(f"{path}={_show(value)}: {meta['says']}")
+            if value not in options(base):
+                listed = ", ".join(options(base)) + (", or null" if nullable else "")
+                problems.append(f"{shown} one of {listed}")
+        elif base in (float, list[float]) and any(_nonfinite(v) for v in items):
+            finite = "finite numbers:" if many else "a finite number"
+            problems.append(f"{shown} {finite}{' ' + meta['says'] if meta else ''}")
+        elif meta and not _obeys(value, items, meta):
+            problems.append(f"{shown} {meta['says']}")
     return problems
 
 
@@ -95,32 +96,13 @@ def _unknown(path: str, known: tuple[str, ...]) -> str:
     return f"{path}: not a known key; the keys of {parent or 'the config'} are {', '.join(known)}"
 
 
-def _nonfinite(base: Any, value: Any, many: bool) -> bool:
-    """nan or inf in a float field (or a list of floats)."""
-    if base is not float and not (
-        typing.get_origin(base) is list and typing.get_args(base) == (float,)
-    ):
-        return False
-    return any(isinstance(v, float) and not math.isfinite(v) for v in (value if many else [value]))
+def _nonfinite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
 
 
-def _obeys(value: Any, meta: Any, many: bool) -> bool:
+def _obeys(value: Any, items: list, meta: Any) -> bool:
     try:
-        inside = all(_COMPARE[k](v, bound) for v in (value if many else [value])
-                     for k, bound in meta["bounds"].items())  # fmt: skip
+        inside = all(_COMPARE[k](v, bound) for v in items for k, bound in meta["bounds"].items())
         return inside and (meta["ok"] is None or meta["ok"](value))
     except (TypeError, ValueError):
         return False
-
-
-def _show(value: object) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return "null" if value is None else str(value)
-
-
-def _finite(allowed: str, many: bool) -> str:
-    """'must be > 0' -> 'must be a finite number > 0' ('must be finite numbers: ...' for lists)."""
-    head = "must be "
-    rest = allowed.removeprefix(head) if allowed.startswith(head) else f"and {allowed}"
-    return head + ("finite numbers: " if many else "a finite number ") + rest
