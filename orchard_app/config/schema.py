@@ -45,22 +45,6 @@ def rule(default: Any, says: str = "{}", ok: Callable[[Any], bool] | None = None
     return field(default=default, metadata=meta)
 
 
-def _two(v) -> bool:
-    return len(v) == 2
-
-
-def _increasing(v) -> bool:
-    return len(v) > 0 and list(v) == sorted(v)
-
-
-def _ints(v) -> bool:
-    return len(v) > 0 and all(isinstance(b, int) for b in v)
-
-
-def _device(v) -> bool:
-    return re.fullmatch(r"cpu|cuda|cuda:\d+|auto", v) is not None
-
-
 @dataclass
 class AugmentConfig:
     """Batched tensor augmentations, applied to training batches only (0 / false = off)."""
@@ -121,7 +105,8 @@ class OptimizerConfig:
     momentum: float = rule(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False  # sgd only
     # adam/adamw only
-    betas: list[float] = rule([0.9, 0.999], "two values {}, e.g. [0.9,0.999]", _two, ge=0, lt=1)
+    betas: list[float] = rule([0.9, 0.999], "two values {}, e.g. [0.9,0.999]",
+                              lambda v: len(v) == 2, ge=0, lt=1)  # fmt: skip
 
 
 @dataclass
@@ -130,8 +115,8 @@ class SchedulerConfig:
     warmup_epochs: float = rule(0.0, "{} and below training.epochs", ge=0)
     min_lr: float = rule(0.0, ge=0)
     milestones: list[float] = rule(
-        [0.5, 0.75], "increasing fractions of training.epochs {}, e.g. [0.5,0.75]", _increasing,
-        gt=0, lt=1,
+        [0.5, 0.75], "increasing fractions of training.epochs {}, e.g. [0.5,0.75]",
+        lambda v: len(v) > 0 and list(v) == sorted(v), gt=0, lt=1,
     )  # fmt: skip
     gamma: float = rule(0.1, gt=0, le=1)
     step_size: int = rule(30, "{} epoch", ge=1)  # epochs, for step
@@ -141,7 +126,10 @@ class SchedulerConfig:
 
 @dataclass
 class HardwareConfig:
-    device: str = rule("cpu", "cpu, cuda, cuda:<index> or auto", _device)
+    device: str = rule(
+        "cpu", "cpu, cuda, cuda:<index> or auto",
+        lambda v: re.fullmatch(r"cpu|cuda|cuda:\d+|auto", v) is not None,
+    )  # fmt: skip
     deterministic: bool = False
     # torch intra-op threads
     num_threads: int | None = rule(None, "{}, or null for torch's default", ge=1)
@@ -224,8 +212,9 @@ class ExportConfig:
     # torch and onnxruntime threads (null: hardware.num_threads, else torch's)
     threads: int | None = rule(1, "{}, or null for hardware.num_threads", ge=1)
     latency_batch_sizes: list[int] = rule(
-        [1, 64], "a list of batch sizes {}, e.g. [1,64]", _ints, ge=1
-    )
+        [1, 64], "a list of batch sizes {}, e.g. [1,64]",
+        lambda v: len(v) > 0 and all(isinstance(b, int) for b in v), ge=1,
+    )  # fmt: skip
     latency_warmup: int = rule(5, "{} runs", ge=0)  # untimed runs per model and batch size
     # timed runs per model and batch size (the median is reported)
     latency_repeats: int = rule(30, "{} run", ge=1)
