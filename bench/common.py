@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchard_app.config import compose  # noqa: F401  (the benchmarks import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "medmnist"
 
@@ -22,19 +24,6 @@ def data_root() -> Path:
             f"bloodmnist.npz not found in {SHARED} or {root}; set ORCHARD_DATA_DIR to its folder"
         )
     return root
-
-
-def compose(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from orchard_app.config import CONF_DIR, register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def rate(fn: Callable[[], int], min_seconds: float = 3.0, max_calls: int | None = None) -> float:

@@ -6,8 +6,9 @@ import hydra
 from omegaconf import DictConfig
 
 from orchard_app.config import CONF_DIR, register
+from orchard_app.rundir.claim import claim_once, drop_unused_claims
 
-register()
+register(claim=claim_once)
 # Hydra 1.4 warns when it instantiates a config `_target_` without an execution whitelist
 # from code; ours (the sweep-summary callback) are the app's own classes, named in conf/.
 warnings.filterwarnings(
@@ -43,8 +44,6 @@ def main() -> None:
         _hydra_entry()
     except KeyboardInterrupt:  # Ctrl-C while Hydra composes, before the job started
         import sys
-
-        from orchard_app.config.resolvers import drop_unused_claims
 
         drop_unused_claims()
         print("\norchard_app: interrupted during start-up; nothing was written.", file=sys.stderr)

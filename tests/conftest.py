@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orchard_app.config import compose  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = ROOT.parent / "shared" / "data" / "medmnist"
 LOCAL_SLURM = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
@@ -20,20 +22,6 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     """Keep tests away from ~/.medmnist and ~/.cache: data and caches live in temp dirs."""
     monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path_factory.mktemp("data")))
     monkeypatch.setenv("ORCHARD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-
-
-def compose(*overrides: str):
-    """The composed config exactly as `python -m orchard_app <overrides>` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from orchard_app.config import CONF_DIR, register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def tiny_overrides(npz: Path, *extra: str) -> list[str]:

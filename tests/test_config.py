@@ -18,7 +18,7 @@ from orchard_app.config import (
     monitor_direction,
 )
 from orchard_app.config.resolvers import SLUG_MAX_LEN, resolved_container, slug
-from orchard_app.config.validate import _Rules, validate
+from orchard_app.config.validate import validate
 from orchard_app.errors import ConfigError
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "hardware", "tracking")
@@ -149,10 +149,13 @@ def test_validate_checks_the_lists_in_a_config_built_without_types():
 
 
 def test_null_passes_a_rule_only_when_declared_nullable():
-    rules = _Rules(OmegaConf.create({"a": None}))
-    rules.check("a", lambda v: v > 0, "must be > 0, or null to disable")
-    rules.check("a", lambda v: v > 0, "must be > 0", nullable=True)
-    assert rules.problems == ["a=null: must be > 0, or null to disable"]
+    job = resolved_container(compose())  # untyped: a null reaches the rules
+    job["training"]["epochs"], job["training"]["grad_clip"] = None, None  # grad_clip: float | None
+    with pytest.raises(ConfigError) as err:
+        validate(OmegaConf.create(job))
+    assert err.value.problems == [
+        "training.epochs=null: must be an integer >= 1, e.g. training.epochs=10"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -55,18 +55,7 @@ def npz(tmp_path) -> Path:
 
 
 def sweeper_config(*overrides: str):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    compose()  # registers the schema and resets Hydra
-    from hydra.core.global_hydra import GlobalHydra
-
-    from orchard_app.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
-    return cfg.hydra.sweeper
+    return compose(*overrides, return_hydra_config=True).hydra.sweeper
 
 
 def test_presets_compose_with_their_search_spaces():

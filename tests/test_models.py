@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, compose, make_npz, run_cli, tiny_overrides
 
-from orchard_app.config.schema import MEDMNIST_RESOLUTIONS
+from orchard_app.config.medmnist import medmnist_sides
 from orchard_app.config.validate import validate
 from orchard_app.errors import ConfigError, ModelError
 from orchard_app.models import build_model
@@ -63,7 +63,7 @@ def model_cfg(name: str, *overrides: str):
 
 
 def resolutions(name: str) -> list[int]:
-    return list(model_cfg(name).resolutions or MEDMNIST_RESOLUTIONS)
+    return list(model_cfg(name).resolutions or medmnist_sides())
 
 
 def run_with(npz, name: str) -> list[str]:
@@ -89,7 +89,7 @@ def test_output_shape_at_every_resolution_the_model_takes(name, chans, network):
 
 
 def refused(name: str) -> list[int]:
-    return sorted(set(MEDMNIST_RESOLUTIONS) - set(resolutions(name)))
+    return sorted(set(medmnist_sides()) - set(resolutions(name)))
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if refused(m)])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_overrides
+from conftest import compose, run_cli, tiny_overrides
 from omegaconf import OmegaConf, open_dict
 
 from orchard_app.run.job_record import RECORD_NAME
@@ -44,15 +44,7 @@ def assert_no_line_printed_twice(lines: list[str]) -> None:
 
 def compose_hydra(*overrides: str):
     """The composed config with its `hydra` node, as the launcher process sees it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from orchard_app.config import CONF_DIR, register
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose("config", list(overrides), return_hydra_config=True)
+    return compose(*overrides, return_hydra_config=True)
 
 
 def write_rows(sweep: Path, *rows: dict) -> None:

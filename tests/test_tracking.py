@@ -26,9 +26,9 @@ from conftest import ROOT, compose, make_npz, only_run_dir, run_cli, tiny_overri
 
 from orchard_app import train
 from orchard_app.config import config_hash
-from orchard_app.config.resolvers import claim_unique_dir
 from orchard_app.errors import DataError, RunLockedError, TrainingInterrupted
 from orchard_app.rundir import provenance
+from orchard_app.rundir.claim import claim_unique_dir
 from orchard_app.rundir.directory import RunDirectory
 
 IN_GIT_CHECKOUT = (ROOT / ".git").exists()

@@ -1,5 +1,6 @@
 """Configuration: schemas (ConfigStore), resolvers and validation rules. No torch imports."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from orchard_app.config.monitor import direction_of, monitor_direction
@@ -15,15 +16,30 @@ from orchard_app.config.schema import register as register_schema
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def register() -> None:
-    """Make the schema and resolvers known to Hydra; safe to call more than once."""
+def register(claim: Callable[[str], str] | None = None) -> None:
+    """Make the schema and resolvers known to Hydra; safe to call more than once. `claim` is
+    the run-dir claim behind `${orchard_unique:...}` (see `register_resolvers`)."""
     register_schema()
-    register_resolvers()
+    register_resolvers(claim)
+
+
+def compose(*overrides: str, config_name: str = "config", return_hydra_config: bool = False):
+    """The config `python -m orchard_app <overrides>` composes from conf/ (tests, bench, saved
+    runs); with `return_hydra_config`, its `hydra` node too, as the launcher process sees it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return hydra_compose(config_name, list(overrides), return_hydra_config)
 
 
 __all__ = [
     "CONF_DIR",
     "MACHINE_KEYS",
+    "compose",
     "config_hash",
     "direction_of",
     "experiment_view",

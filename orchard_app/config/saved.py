@@ -17,27 +17,20 @@ _names = itertools.count()
 
 def compose_saved(saved: dict[str, Any], overrides: list[str], source: str) -> DictConfig:
     """The saved config `saved` (from `source`, named in errors) with `overrides` applied."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from orchard_app.config import CONF_DIR, register
+    from orchard_app.config import compose
 
-    register()
     name = f"_orchard_saved_run_{next(_names)}"
     node = {"defaults": ["config", "_self_"], **{k: v for k, v in saved.items() if k != "hydra"}}
     ConfigStore.instance().store(name=name, node=node)
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR)):
-            return compose(config_name=name, overrides=list(overrides))
+        return compose(*overrides, config_name=name)
     except (HydraException, OmegaConfBaseException) as e:
         problem = " ".join(str(e).split())
         given = " ".join(overrides) or "none"
         raise ConfigError(
             [f"{problem} (the run's config from {source}; overrides: {given})"]
         ) from None
-    finally:
-        GlobalHydra.instance().clear()

@@ -1,13 +1,15 @@
 """Dataclass schemas for every config group, registered in Hydra's ConfigStore.
 
 The top-level `OrchardConfig` types each group, so Hydra rejects a misspelt key, a value of
-the wrong type or one outside its list (`choices.py`) while composing. Range and cross-field
-rules live in `validate.py`. Nothing here imports torch: `--help`, `--cfg job` and validation
-stay fast.
+the wrong type or one outside its list (`choices.py`) while composing. A field's range rule is
+its metadata (`rule`), checked by walk.py; rules across fields live in `validate.py`. Nothing
+here imports torch: `--help`, `--cfg job` and validation stay fast.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +27,22 @@ from orchard_app.config.choices import (
     Task,
     Tracker,
 )
+from orchard_app.config.medmnist import medmnist_sides
 
-MEDMNIST_RESOLUTIONS = [28, 64, 128, 224]
+
+def rule(default: Any, says: str = "{}", ok: Callable[[Any], bool] | None = None, **bounds) -> Any:
+    """A field whose value (each item, for a list) keeps within `bounds` (ge, gt, le, lt) and
+    passes `ok`; a null passes where the type is Optional. `says` words the rule after
+    "must be ", `{}` standing for the bounds ("in [0, 1)", ">= 1")."""
+    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if hi is None:
+        worded = f"{'>=' if 'ge' in bounds else '>'} {lo}"
+    else:
+        worded = f"in {'[' if 'ge' in bounds else '('}{lo}, {hi}{']' if 'le' in bounds else ')'}"
+    meta = {"bounds": bounds, "ok": ok, "says": says.format(worded)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -35,13 +51,16 @@ class AugmentConfig:
 
     hflip: bool = False
     vflip: bool = False
-    rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
-    translate: float = 0.0  # max shift as a fraction of the image side
-    scale: float = 0.0  # max zoom in/out as a fraction (0.1 -> [0.9, 1.1])
-    color_jitter: float = 0.0  # brightness/contrast strength in [0, 1]; saturation too for RGB
+    # max degrees, uniform in [-rotation, rotation]
+    rotation: float = rule(0.0, "{} degrees", ge=0, le=180)
+    # max shift as a fraction of the image side
+    translate: float = rule(0.0, "{} (fraction of the side)", ge=0, le=0.5)
+    scale: float = rule(0.0, ge=0, lt=1)  # max zoom in/out as a fraction (0.1 -> [0.9, 1.1])
+    # brightness/contrast strength in [0, 1]; saturation too for RGB
+    color_jitter: float = rule(0.0, ge=0, le=1)
     random_resized_crop: bool = False
-    crop_scale_min: float = 0.6  # smallest crop area for random_resized_crop
-    safe_only: bool = False  # leave out the flips this set forbids, saying so (data/laterality.py)
+    crop_scale_min: float = rule(0.6, gt=0, le=1)  # smallest crop area for random_resized_crop
+    safe_only: bool = False  # leave out the flips this set forbids, saying so (config/laterality.py)
 
 
 @dataclass
@@ -50,18 +69,17 @@ class DatasetConfig:
     source: Source = MISSING
     root: str = "${oc.env:ORCHARD_DATA_DIR,'~/.medmnist'}"
     resolution: int = 28
-    resolutions: list[int] | None = field(
-        default_factory=lambda: list(MEDMNIST_RESOLUTIONS)
-    )  # null = any
+    resolutions: list[int] | None = field(default_factory=medmnist_sides)  # null = any
     path: str | None = None  # npz only: the file
     task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports
     lateral: bool | None = None  # class names name a side: no horizontal flips (null: inferred)
     upright: bool = False  # images have a canonical up (X-ray, CT, ultrasound, OCT)
-    max_samples: int | None = None  # cap on training samples (stratified)
+    # cap on training samples (stratified)
+    max_samples: int | None = rule(None, "{}, or null for the whole training split", ge=1)
     force_rgb: bool = False  # replicate grayscale to 3 channels
     mean: float = 0.5  # normalisation: (x/255 - mean) / std, as the MedMNIST benchmark does
-    std: float = 0.5
+    std: float = rule(0.5, gt=0)
     balanced_sampler: bool = False  # draw training batches with class-balanced probabilities
     download: bool = True  # fetch missing MedMNIST files from the official URL
     mirror: str | None = None  # base URL serving the same file names (an internal mirror)
@@ -76,8 +94,8 @@ class ModelConfig:
     arch: str = MISSING  # registry key of the builder (orchard_app/models/registry.py)
     pretrained: bool = False
     weights: str | None = None  # pretrained weights file to read instead of the download cache
-    dropout: float = 0.0
-    drop_path: float = 0.0
+    dropout: float = rule(0.0, ge=0, lt=1)
+    drop_path: float = rule(0.0, ge=0, lt=1)
     resolutions: list[int] | None = None  # input sizes the model can take; null = any
     params: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
 
@@ -85,30 +103,39 @@ class ModelConfig:
 @dataclass
 class OptimizerConfig:
     name: Optimizer = MISSING
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    lr: float = rule(1e-3, "{}, e.g. optimizer.lr=1e-3", gt=0)
+    weight_decay: float = rule(0.0, ge=0)
+    momentum: float = rule(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False  # sgd only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw only
+    # adam/adamw only
+    betas: list[float] = rule([0.9, 0.999], "two values {}, e.g. [0.9,0.999]",
+                              lambda v: len(v) == 2, ge=0, lt=1)  # fmt: skip
 
 
 @dataclass
 class SchedulerConfig:
     name: Scheduler = MISSING
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
-    gamma: float = 0.1
-    step_size: int = 30  # epochs, for step
-    patience: int = 5  # epochs without improvement, for plateau
-    max_lr: float | None = None  # onecycle peak (null: optimizer.lr)
+    warmup_epochs: float = rule(0.0, "{} and below training.epochs", ge=0)
+    min_lr: float = rule(0.0, ge=0)
+    milestones: list[float] = rule(
+        [0.5, 0.75], "increasing fractions of training.epochs {}, e.g. [0.5,0.75]",
+        lambda v: len(v) > 0 and list(v) == sorted(v), gt=0, lt=1,
+    )  # fmt: skip
+    gamma: float = rule(0.1, gt=0, le=1)
+    step_size: int = rule(30, "{} epoch", ge=1)  # epochs, for step
+    patience: int = rule(5, "{} epochs", ge=0)  # epochs without improvement, for plateau
+    max_lr: float | None = rule(None, "{}, or null to use optimizer.lr", gt=0)  # onecycle peak
 
 
 @dataclass
 class HardwareConfig:
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    device: str = rule(
+        "cpu", "cpu, cuda, cuda:<index> or auto",
+        lambda v: re.fullmatch(r"cpu|cuda|cuda:\d+|auto", v) is not None,
+    )  # fmt: skip
     deterministic: bool = False
-    num_threads: int | None = None  # torch intra-op threads; null = torch's default
+    # torch intra-op threads
+    num_threads: int | None = rule(None, "{}, or null for torch's default", ge=1)
     amp: bool | None = False  # mixed precision: bf16 on CPU, amp_dtype on CUDA; null: where native
     amp_dtype: AmpDtype = "auto"
     channels_last: bool = False
@@ -126,22 +153,26 @@ class TrackingConfig:
     uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "orchard_app"
     artifact_location: str | None = None  # null: mlartifacts/ beside a SQLite DB
-    timeout_s: float | None = 15.0  # a tracking server's time to answer; null: MLflow's own
+    # a tracking server's time to answer
+    timeout_s: float | None = rule(
+        15.0, "{} seconds, or null for MLflow's own retries (about 4 minutes)", gt=0
+    )
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 20
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    seed: int = 42
+    epochs: int = rule(20, "an integer {}, e.g. training.epochs=10", ge=1)
+    batch_size: int = rule(64, "an integer {}, e.g. training.batch_size=64", ge=1)
+    eval_batch_size: int = rule(512, "an integer {}", ge=1)
+    seed: int = rule(42, "an integer {}", ge=0)
     resume: str | None = None  # a checkpoint (last.pt) to continue from, or auto (see README)
     monitor: Monitor = "val_accuracy"  # picks best.pt; train() returns its best value
     monitor_mode: MonitorMode = "auto"
-    early_stop_patience: int | None = None  # epochs without improvement; null = off
-    grad_clip: float | None = None  # max gradient norm; null = off
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0  # 0 = off
+    # epochs without improvement, then stop
+    early_stop_patience: int | None = rule(None, "{} epoch, or null to disable", ge=1)
+    grad_clip: float | None = rule(None, "{} (max gradient norm), or null to disable", gt=0)
+    label_smoothing: float = rule(0.0, ge=0, lt=1)
+    mixup_alpha: float = rule(0.0, "{} (0 = no mixup)", ge=0)
     class_weighted_loss: bool = False
 
 
@@ -149,7 +180,8 @@ class TrainingConfig:
 class EvaluationConfig:
     tta: bool = False  # average predictions over flips at test time
     figures: bool = True
-    sample_grid: int = 32  # test images shown in the sample grid
+    # test images shown in the sample grid
+    sample_grid: int = rule(32, "{} (0 = no sample grid)", ge=0)
 
 
 @dataclass
@@ -166,17 +198,29 @@ class ExportConfig:
     against PyTorch and benchmarked side by side (orchard_app/export, README "Deployment export")."""
 
     enabled: bool = False  # export checkpoints/best.pt at the end of training
-    opset: int = 18  # ONNX opset (18 is the oldest the torch exporter writes reliably)
-    max_deviation: float = 1e-4  # max |p_onnx - p_torch| over the probabilities
+    opset: int = rule(
+        18, "an ONNX opset from 18 to 25 (the torch exporter cannot convert models down to older "
+        "opsets), e.g. export.opset=18", ge=18, le=25,
+    )  # fmt: skip
+    # max |p_onnx - p_torch| over the probabilities
+    max_deviation: float = rule(1e-4, "{}, e.g. export.max_deviation=1e-4", gt=0)
     strict: bool = True  # a deviation beyond max_deviation fails the export (false: a warning)
-    random_samples: int = 32  # random uint8 images checked besides the real test images
+    # random uint8 images checked besides the real test images
+    random_samples: int = rule(32, "{} random image", ge=1)
     int8: bool = True  # also write model_int8.onnx (static QDQ, per-channel weights)
-    calibration_samples: int = 256  # training images that calibrate the INT8 ranges
-    max_int8_drop: float = 1.0  # test accuracy points INT8 may lose before a loud warning
-    threads: int | None = 1  # torch and onnxruntime threads; null = hardware.num_threads or torch's
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    latency_warmup: int = 5  # untimed runs per model and batch size
-    latency_repeats: int = 30  # timed runs per model and batch size (the median is reported)
+    # training images that calibrate the INT8 ranges
+    calibration_samples: int = rule(256, "{} training image", ge=1)
+    # test accuracy points INT8 may lose before a loud warning
+    max_int8_drop: float = rule(1.0, "{} accuracy points", ge=0, le=100)
+    # torch and onnxruntime threads (null: hardware.num_threads, else torch's)
+    threads: int | None = rule(1, "{}, or null for hardware.num_threads", ge=1)
+    latency_batch_sizes: list[int] = rule(
+        [1, 64], "a list of batch sizes {}, e.g. [1,64]",
+        lambda v: len(v) > 0 and all(isinstance(b, int) for b in v), ge=1,
+    )  # fmt: skip
+    latency_warmup: int = rule(5, "{} runs", ge=0)  # untimed runs per model and batch size
+    # timed runs per model and batch size (the median is reported)
+    latency_repeats: int = rule(30, "{} run", ge=1)
 
 
 @dataclass

@@ -1,22 +1,23 @@
-"""Range and cross-field rules, checked before any data or model is touched.
+"""Rules across fields, checked before any data or model is touched.
 
 Hydra and the dataclass schema already reject unknown keys, wrong types and values outside a
-list (choices.py) while composing; these rules catch what a type cannot express (epochs=0,
-lr<0, a resolution a dataset or model does not have). walk.py finds the keys Hydra's `+`/`++`
-add, nan/inf in any float field, and repeats the list checks for a config built without types.
-All problems are collected and reported together, each naming the field, the value and what is
-allowed.
+list (choices.py) while composing; walk.py reports each field that is wrong on its own (a key
+added with `+`/`++`, nan/inf, a value outside its range rule in schema.py). These rules need
+more than one field, a file or the process (warmup below training.epochs, a resolution the
+dataset or model has, a checkpoint that exists). All problems are collected and reported
+together, each naming the field, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from orchard_app.config.walk import literal_mismatches, nonfinite_floats, unknown_keys
+from orchard_app.config.medmnist import medmnist_2d_names
+from orchard_app.config.walk import field_problems
 from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import ConfigError
 
@@ -24,52 +25,18 @@ from orchard_app.errors import ConfigError
 class _Rules:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.problems: list[str] = []
-        self.nonfinite = nonfinite_floats(cfg)  # reported once, by their rule when they have one
+        self.problems = field_problems(cfg)
 
     def get(self, key: str):
         return OmegaConf.select(self.cfg, key, throw_on_missing=False)
 
-    def check(
-        self, key: str, ok: Callable[[object], bool], allowed: str, nullable: bool = False
-    ) -> None:
-        """Report `key` unless ok(value); a null passes only when `nullable`."""
-        value = self.get(key)
-        if value is None and nullable:
-            return
-        if self.nonfinite.pop(key, None) is not None:
-            self.fail(key, value, _finite(allowed, many=OmegaConf.is_list(value)))
-            return
-        try:
-            good = ok(value)
-        except (TypeError, ValueError):
-            good = False
-        if not good:
-            self.fail(key, value, allowed)
-
     def fail(self, key: str, value: object, allowed: str) -> None:
-        self.problems.append(f"{key}={_show(value)}: {allowed}")
-
-
-def _show(value: object) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return "null" if value is None else str(value)
-
-
-def _finite(allowed: str, many: bool) -> str:
-    """'must be > 0' -> 'must be a finite number > 0' ('must be finite numbers: ...' for lists)."""
-    head = "must be "
-    rest = allowed.removeprefix(head) if allowed.startswith(head) else f"and {allowed}"
-    return head + ("finite numbers: " if many else "a finite number ") + rest
+        self.problems.append(f"{key}={'null' if value is None else value}: {allowed}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid value; return quietly when all is well."""
     r = _Rules(cfg)
-    r.problems += unknown_keys(cfg)
-    for key, value, allowed in literal_mismatches(cfg):
-        r.fail(key, value, allowed)
     _training(r)
     _optimizer(r)
     _scheduler(r)
@@ -77,43 +44,11 @@ def validate(cfg: DictConfig) -> None:
     r.problems += _flips(cfg)
     _model(r)
     _hardware(r)
-    _export(r)
-    r.check(
-        "tracking.timeout_s",
-        lambda v: v > 0,
-        "must be > 0 seconds, or null for MLflow's own retries (about 4 minutes)",
-        nullable=True,
-    )
-    r.check("evaluation.sample_grid", lambda v: v >= 0, "must be >= 0 (0 = no sample grid)")
-    for key, value in r.nonfinite.items():  # float fields without a rule of their own
-        r.fail(key, value, "must be a finite number")
     if r.problems:
         raise ConfigError(r.problems)
 
 
 def _training(r: _Rules) -> None:
-    r.check("training.epochs", lambda v: v >= 1, "must be an integer >= 1, e.g. training.epochs=10")
-    r.check(
-        "training.batch_size",
-        lambda v: v >= 1,
-        "must be an integer >= 1, e.g. training.batch_size=64",
-    )
-    r.check("training.eval_batch_size", lambda v: v >= 1, "must be an integer >= 1")
-    r.check("training.seed", lambda v: v >= 0, "must be an integer >= 0")
-    r.check(
-        "training.early_stop_patience",
-        lambda v: v >= 1,
-        "must be >= 1 epoch, or null to disable",
-        nullable=True,
-    )
-    r.check(
-        "training.grad_clip",
-        lambda v: v > 0,
-        "must be > 0 (max gradient norm), or null to disable",
-        nullable=True,
-    )
-    r.check("training.label_smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    r.check("training.mixup_alpha", lambda v: v >= 0, "must be >= 0 (0 = no mixup)")
     resume = r.get("training.resume")
     if resume not in (None, "auto") and not Path(str(resume)).expanduser().is_file():
         r.fail(
@@ -125,14 +60,6 @@ def _training(r: _Rules) -> None:
 
 
 def _optimizer(r: _Rules) -> None:
-    r.check("optimizer.lr", lambda v: v > 0, "must be > 0, e.g. optimizer.lr=1e-3")
-    r.check("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0")
-    r.check("optimizer.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    r.check(
-        "optimizer.betas",
-        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-        "must be two values in [0, 1), e.g. [0.9,0.999]",
-    )
     if r.get("optimizer.nesterov") and (
         r.get("optimizer.name") != "sgd" or not r.get("optimizer.momentum")
     ):
@@ -144,34 +71,16 @@ def _optimizer(r: _Rules) -> None:
 
 
 def _scheduler(r: _Rules) -> None:
-    epochs = r.get("training.epochs")
-    epochs_ok = isinstance(epochs, int) and epochs >= 1  # else already reported; do not cascade
-    r.check(
-        "scheduler.warmup_epochs",
-        lambda v: v >= 0 and (not epochs_ok or v < epochs),
-        "must be >= 0 and below training.epochs",
-    )
-    if r.get("scheduler.warmup_epochs") and r.get("scheduler.name") not in ("cosine", "onecycle"):
+    warmup, epochs = r.get("scheduler.warmup_epochs"), r.get("training.epochs")
+    number = isinstance(warmup, int | float) and math.isfinite(warmup)  # else walk.py said so
+    if number and isinstance(epochs, int) and epochs >= 1 and warmup >= epochs:
+        r.fail("scheduler.warmup_epochs", warmup, "must be >= 0 and below training.epochs")
+    if warmup and r.get("scheduler.name") not in ("cosine", "onecycle"):
         r.fail(
             "scheduler.warmup_epochs",
-            r.get("scheduler.warmup_epochs"),
+            warmup,
             "warmup is part of scheduler=cosine or onecycle; set it to 0 or pick one of them",
         )
-    r.check("scheduler.min_lr", lambda v: v >= 0, "must be >= 0")
-    r.check(
-        "scheduler.milestones",
-        lambda v: len(v) > 0 and all(0 < m < 1 for m in v) and list(v) == sorted(v),
-        "must be increasing fractions of training.epochs in (0, 1), e.g. [0.5,0.75]",
-    )
-    r.check("scheduler.gamma", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    r.check("scheduler.step_size", lambda v: v >= 1, "must be >= 1 epoch")
-    r.check("scheduler.patience", lambda v: v >= 0, "must be >= 0 epochs")
-    r.check(
-        "scheduler.max_lr",
-        lambda v: v > 0,
-        "must be > 0, or null to use optimizer.lr",
-        nullable=True,
-    )
 
 
 def _dataset(r: _Rules) -> None:
@@ -185,31 +94,13 @@ def _dataset(r: _Rules) -> None:
     if source == "npz" and not r.get("dataset.path"):
         r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
     if source == "medmnist":
-        from orchard_app.data.medmnist_info import medmnist_2d_names
-
         names = medmnist_2d_names()
         if name not in names:
             r.fail("dataset.name", name, "not a MedMNIST 2D dataset; one of " + ", ".join(names))
-    r.check(
-        "dataset.max_samples",
-        lambda v: v >= 1,
-        "must be >= 1, or null for the whole training split",
-        nullable=True,
-    )
-    r.check("dataset.std", lambda v: v > 0, "must be > 0")
-    r.check("dataset.augment.rotation", lambda v: 0 <= v <= 180, "must be in [0, 180] degrees")
-    r.check(
-        "dataset.augment.translate",
-        lambda v: 0 <= v <= 0.5,
-        "must be in [0, 0.5] (fraction of the side)",
-    )
-    r.check("dataset.augment.scale", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    r.check("dataset.augment.color_jitter", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    r.check("dataset.augment.crop_scale_min", lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 
 def _flips(cfg: DictConfig) -> list[str]:
-    from orchard_app.data.laterality import plan_flips
+    from orchard_app.config.laterality import plan_flips
 
     return plan_flips(cfg)[2]
 
@@ -236,8 +127,6 @@ def _model(r: _Rules) -> None:
         r.fail(
             "model.weights", weights, "no such file; pass the path of a .pth or .safetensors file"
         )
-    r.check("model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    r.check("model.drop_path", lambda v: 0 <= v < 1, "must be in [0, 1)")
     if spec is not None and r.get("model.drop_path") and not spec.has_drop_path:
         r.fail(
             "model.drop_path",
@@ -255,17 +144,6 @@ def _model(r: _Rules) -> None:
 
 
 def _hardware(r: _Rules) -> None:
-    r.check(
-        "hardware.device",
-        lambda v: v in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", v) is not None,
-        "must be cpu, cuda, cuda:<index> or auto",
-    )
-    r.check(
-        "hardware.num_threads",
-        lambda v: v >= 1,
-        "must be >= 1, or null for torch's default",
-        nullable=True,
-    )
     if (
         r.get("hardware.amp")
         and r.get("hardware.amp_dtype") == "fp16"
@@ -305,29 +183,3 @@ def _distributed(r: _Rules) -> None:
             f"process needs at least {each} sample(s) of it{why}; use training.batch_size>="
             f"{each * world} or start fewer processes",
         )  # fmt: skip
-
-
-def _export(r: _Rules) -> None:
-    r.check(
-        "export.opset",
-        lambda v: 18 <= v <= 25,
-        "must be an ONNX opset from 18 to 25 (the torch exporter cannot convert models down to "
-        "older opsets), e.g. export.opset=18",
-    )
-    r.check("export.max_deviation", lambda v: v > 0, "must be > 0, e.g. export.max_deviation=1e-4")
-    r.check("export.random_samples", lambda v: v >= 1, "must be >= 1 random image")
-    r.check("export.calibration_samples", lambda v: v >= 1, "must be >= 1 training image")
-    r.check("export.max_int8_drop", lambda v: 0 <= v <= 100, "must be in [0, 100] accuracy points")
-    r.check(
-        "export.threads",
-        lambda v: v >= 1,
-        "must be >= 1, or null for hardware.num_threads",
-        nullable=True,
-    )
-    r.check(
-        "export.latency_batch_sizes",
-        lambda v: len(v) > 0 and all(isinstance(b, int) and b >= 1 for b in v),
-        "must be a list of batch sizes >= 1, e.g. [1,64]",
-    )
-    r.check("export.latency_warmup", lambda v: v >= 0, "must be >= 0 runs")
-    r.check("export.latency_repeats", lambda v: v >= 1, "must be >= 1 run")

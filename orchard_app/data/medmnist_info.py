@@ -1,15 +1,11 @@
-"""MedMNIST metadata (URLs, MD5s, labels, splits, tasks) read from `medmnist.INFO`.
-
-`import medmnist` imports torch (seconds), so the INFO table is loaded from the installed
-package's `info.py` alone. Nothing here copies the table: names, checksums and sizes always
-come from the medmnist release that is installed.
+"""MedMNIST metadata (URLs, MD5s, labels, splits, tasks) read from `medmnist.INFO`
+(config/medmnist.py loads it without importing torch). Nothing here copies the table: names,
+checksums and sizes always come from the medmnist release that is installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from functools import cache
-from typing import Any
+from orchard_app.config.medmnist import BASE_SIDE, medmnist_2d_names, medmnist_info  # noqa: F401
 
 # Our task names; MedMNIST's own strings are the keys.
 TASK_FROM_INFO = {
@@ -20,32 +16,14 @@ TASK_FROM_INFO = {
 }
 
 
-@cache
-def medmnist_info() -> dict[str, dict[str, Any]]:
-    spec = importlib.util.find_spec("medmnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the medmnist package is not installed: pip install medmnist")
-    location = list(spec.submodule_search_locations)[0]
-    info_spec = importlib.util.spec_from_file_location(
-        "_orchard_medmnist_info", f"{location}/info.py"
-    )
-    module = importlib.util.module_from_spec(info_spec)
-    info_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.INFO
-
-
-def medmnist_2d_names() -> list[str]:
-    return [name for name in medmnist_info() if not name.endswith("3d")]
-
-
 def file_name(name: str, resolution: int) -> str:
     """Official file name: bloodmnist.npz at 28 px, bloodmnist_64.npz at 64 px, ..."""
-    return f"{name}.npz" if resolution == 28 else f"{name}_{resolution}.npz"
+    return f"{name}.npz" if resolution == BASE_SIDE else f"{name}_{resolution}.npz"
 
 
 def url_and_md5(name: str, resolution: int) -> tuple[str, str]:
     info = medmnist_info()[name]
-    suffix = "" if resolution == 28 else f"_{resolution}"
+    suffix = "" if resolution == BASE_SIDE else f"_{resolution}"
     return info[f"url{suffix}"], info[f"MD5{suffix}"]
 
 

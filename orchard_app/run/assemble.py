@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from orchard_app.config import monitor_direction
+from orchard_app.config.laterality import is_lateral
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.data.dataset import DataBundle, load_dataset
-from orchard_app.data.laterality import is_lateral
 from orchard_app.data.pipeline import BatchPipeline
 from orchard_app.engine.checkpoint import (
     Checkpointer,

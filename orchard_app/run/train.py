@@ -128,7 +128,7 @@ def _safe_flips(cfg: DictConfig) -> list[str]:
     """Apply the flips `dataset.augment.safe_only` keeps for this set; what it left out."""
     from omegaconf import OmegaConf
 
-    from orchard_app.data.laterality import plan_flips
+    from orchard_app.config.laterality import plan_flips
 
     use, left_out, _ = plan_flips(cfg)
     for key, value in use.items():

@@ -27,9 +27,10 @@ def class_names(ds: Any) -> list[str]:
     """The class names known before any data is read: MedMNIST's from medmnist.INFO, an npz's
     from dataset.label_names (none otherwise)."""
     if ds.source == "medmnist":
-        from orchard_app.data.medmnist_info import label_names, medmnist_2d_names
+        from orchard_app.config.medmnist import medmnist_info
 
-        return label_names(ds.name) if ds.name in medmnist_2d_names() else []
+        labels = medmnist_info().get(ds.name, {}).get("label", {})
+        return [labels[str(i)] for i in range(len(labels))]
     return list(ds.get("label_names") or [])
 
 
