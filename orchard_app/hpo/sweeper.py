@@ -39,6 +39,7 @@ from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import absolute_url, default_url, open_storage
 from orchard_app.run.job_record import read_jobs
+from orchard_app.rundir.layout import STUDY_CSV
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -245,7 +246,7 @@ class StudySweeper:
             raise HpoError(
                 f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
-                f"{self.sweep_dir / 'study.csv'}."
+                f"{self.sweep_dir / STUDY_CSV}."
             )
 
 

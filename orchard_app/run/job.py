@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
+from orchard_app.rundir.layout import run_dir_of_checkpoint
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -135,7 +136,7 @@ def resume_command(checkpoint: str) -> str:
     overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith("training.resume=")
     ]
-    run_dir = Path(checkpoint).parent.parent
+    run_dir = run_dir_of_checkpoint(checkpoint)
     return shlex.join([*_launch_command(), *overrides, f"hydra.run.dir={run_dir}",
                        "training.resume=auto"])  # fmt: skip
 

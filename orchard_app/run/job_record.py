@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchard_app.distributed.rank import process_rank
-
-RECORD_NAME = "jobs.jsonl"
+from orchard_app.rundir.layout import JOBS, JOBS_LOCK
 
 
 def sweep_dir_of_job() -> Path | None:
@@ -60,8 +59,8 @@ def append_row(sweep_dir: Path, row: dict[str, Any]) -> None:
     from filelock import FileLock
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(sweep_dir / f".{RECORD_NAME}.lock"), timeout=60)
-    with lock, open(sweep_dir / RECORD_NAME, "a", encoding="utf-8") as f:
+    lock = FileLock(str(sweep_dir / JOBS_LOCK), timeout=60)
+    with lock, open(sweep_dir / JOBS, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
 
@@ -69,7 +68,7 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The last record of each job, in job order."""
     jobs: dict[int, dict] = {}
     try:
-        lines = (Path(sweep_dir) / RECORD_NAME).read_text(encoding="utf-8").splitlines()
+        lines = (Path(sweep_dir) / JOBS).read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
     for line in lines:

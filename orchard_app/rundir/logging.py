@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from orchard_app.rundir.layout import LOG_JSON, LOG_TEXT
+
 # Chatty at INFO (alembic prints every MLflow schema migration); warnings still come through.
 QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py",
          "sqlalchemy", "httpx")  # fmt: skip
@@ -116,9 +118,9 @@ def _not_a_retry(record: logging.LogRecord) -> bool:
 
 def _file_handlers(log_dir: Path, add_run_id) -> list[logging.Handler]:
     log_dir.mkdir(parents=True, exist_ok=True)
-    text = logging.FileHandler(log_dir / "run.log", encoding="utf-8")
+    text = logging.FileHandler(log_dir / LOG_TEXT, encoding="utf-8")
     text.setFormatter(_formatter([_for_people]))
-    jsonl = logging.FileHandler(log_dir / "run.jsonl", encoding="utf-8")
+    jsonl = logging.FileHandler(log_dir / LOG_JSON, encoding="utf-8")
     jsonl.setFormatter(
         _formatter(
             [

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from orchard_app.run.job_record import RECORD_NAME
+from orchard_app.rundir.layout import JOBS, PROVENANCE
 from orchard_app.sweep.console import say
 
 POLL_S = 0.5
@@ -94,7 +94,7 @@ class Progress:
 
     def _new_rows(self) -> list[dict[str, Any]]:
         try:
-            with open(self.sweep_dir / RECORD_NAME, "rb") as f:
+            with open(self.sweep_dir / JOBS, "rb") as f:
                 f.seek(self._offset)
                 data = f.read()
         except OSError:  # no job has ended yet
@@ -178,7 +178,7 @@ def mlflow_hint(jobs: list[dict[str, Any]]) -> str | None:
 
     for job in jobs:
         try:
-            tracked = json.loads((Path(job["run_dir"]) / "provenance.json").read_text())["tracking"]
+            tracked = json.loads((Path(job["run_dir"]) / PROVENANCE).read_text())["tracking"]
             return "MLflow: " + ui_hint(tracked["mlflow_tracking_uri"],
                                         tracked["mlflow_experiment_id"])  # fmt: skip
         except (TypeError, OSError, ValueError, KeyError):

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
 from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
+from orchard_app.rundir import layout
 from orchard_app.tracking.links import ui_hint
 from orchard_app.tracking.mlflow_store import connect
 from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_this_job
@@ -33,10 +34,12 @@ from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_
 log = logging.getLogger("orchard_app.tracking")
 
 # Files of a run dir logged as artifacts (missing ones are skipped). Add new outputs here.
-RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv",
-                    "exports/model.onnx", "exports/model_int8.onnx", "exports/benchmark.json")  # fmt: skip
+EXPORT_ARTIFACTS = tuple(f"{layout.EXPORTS_DIR}/{name}"
+                         for name in (layout.ONNX_FP32, layout.ONNX_INT8, layout.EXPORT_BENCHMARK))  # fmt: skip
+RESULT_ARTIFACTS = (layout.REPORT, layout.METRICS, layout.FIGURES_DIR, layout.PREDICTIONS,
+                    *EXPORT_ARTIFACTS)  # fmt: skip
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
-RECORD_ARTIFACTS = ("provenance.json", "requirements.txt", "logs", ".hydra")
+RECORD_ARTIFACTS = (layout.PROVENANCE, layout.REQUIREMENTS, layout.LOGS_DIR, layout.HYDRA_DIR)
 OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
 EPOCH_METRICS_SKIP = ("epoch",)
 
