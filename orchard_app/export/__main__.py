@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchard_app.errors import CheckpointError, OrchardError
+from orchard_app.errors import CheckpointError, OrchardError, print_error
 from orchard_app.rundir import layout
 
 PROG = "python -m orchard_app.export"
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args.target, args.overrides, show_cfg=args.cfg)
     except OrchardError as e:
-        print(f"\norchard_app.export: {e.title}:\n{e}", file=sys.stderr, flush=True)
+        print_error(e, prog="orchard_app.export")
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         print("\norchard_app.export: interrupted; no half-written file was kept.",

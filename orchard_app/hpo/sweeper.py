@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
-from orchard_app.errors import ConfigError, HpoError, OrchardError
+from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, print_error
 from orchard_app.hpo import report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
@@ -73,7 +72,7 @@ class StudySweeper:
         try:
             return self._sweep(arguments)
         except OrchardError as e:
-            print(f"\norchard_app: {e.title}:\n{e}", file=sys.stderr, flush=True)
+            print_error(e)
             raise SystemExit(e.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> list[Any]:
@@ -146,7 +145,9 @@ class StudySweeper:
                 *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
-        """What the job did not tell itself (it died, or ran outside our job code)."""
+        """Only a job that could not tell its own end (it died, or ran outside our job code):
+        the reason from its JobReturn, or from the launcher's row in jobs.jsonl (a job the
+        cluster launcher lost comes back COMPLETED with NaN; the reason is only there)."""
         if _state(study, trial) in FINISHED:
             return
         if ret.status == JobStatus.COMPLETED and _finite(ret.return_value):
@@ -248,11 +249,6 @@ class StudySweeper:
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
                 f"{self.sweep_dir / STUDY_CSV}."
             )
-
-
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _done(study: optuna.Study) -> int:
