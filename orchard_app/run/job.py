@@ -18,7 +18,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from orchard_app.distributed.rank import process_rank
-from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
+from orchard_app.errors import (
+    ConfigError,
+    OrchardError,
+    TrainingInterrupted,
+    first_line,
+    print_error,
+)
+from orchard_app.outcomes import Outcome, exit_code, is_pruned
+from orchard_app.run.job_record import record_job, sweep_dir_of_job
 from orchard_app.rundir.layout import run_dir_of_checkpoint
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
@@ -29,8 +37,6 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
     (hydra/sweeper=orchard_optuna), or None: the entry point hands it in, so that a run never
     imports the study machinery."""
     from hydra.core.hydra_config import HydraConfig
-
-    from orchard_app.run.job_record import record_job, sweep_dir_of_job
 
     multirun = sweep_dir_of_job() is not None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -51,45 +57,44 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
         if e.requeue:  # SLURM's warning before a time limit or a preemption, under submitit
             print(f"\norchard_app: {e}; the job is requeued and continues from there.",
                   file=sys.stderr, flush=True)  # fmt: skip
-            record_job("requeued", error=str(e))
+            record_job(Outcome.REQUEUED, error=str(e))
             _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
-            print(_message(e), file=sys.stderr, flush=True)
-        record_job("interrupted", error=str(e))
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:  # Ctrl-C before the run's own signal handling was in place
+            print_error(e, advice=_advice(e))
+        record_job(Outcome.INTERRUPTED, error=str(e))
+        raise SystemExit(exit_code(e)) from None
+    except KeyboardInterrupt as e:  # Ctrl-C before the run's own signal handling was in place
         print("\norchard_app: interrupted during start-up; nothing was written.",
               file=sys.stderr, flush=True)  # fmt: skip
         drop_if_empty(run_dir)
-        record_job("interrupted", error="Ctrl-C during start-up")
-        raise SystemExit(130) from None
+        record_job(Outcome.INTERRUPTED, error="Ctrl-C during start-up")
+        raise SystemExit(exit_code(e)) from None
     except OrchardError as e:
-        print(_message(e), file=sys.stderr, flush=True)
+        print_error(e, advice=_advice(e))
         drop_if_empty(run_dir)
         if not multirun:
-            raise SystemExit(e.exit_code) from None
-        reason = f"{e.title}: {_first_line(e)}"
-        if trial is not None:
-            trial.failed(reason)
-        record_job("failed", error=reason)
+            raise SystemExit(exit_code(e)) from None
+        _ended(trial, Outcome.FAILED, error=f"{e.title}: {first_line(e)}")
         return FAILED_JOB_VALUE  # the sweep goes on; its summary reports this job
     except Exception as e:
-        from orchard_app.outcomes import is_pruned
-
         if not (multirun and is_pruned(e)):
             raise
         epoch = getattr(e, "epoch", None)
         print(f"\norchard_app: {e}", file=sys.stderr, flush=True)
-        if trial is not None:  # told here, so the sweeper need not see an exception
-            trial.pruned(epoch)
-            record_job("pruned", error=str(e), epoch=epoch)
-            return FAILED_JOB_VALUE
-        record_job("pruned", error=str(e), epoch=epoch)
-        raise  # another sweeper (e.g. the stock Optuna one) handles TrialPruned itself
-    if trial is not None:
-        trial.completed(value)
-    record_job("completed", value=value)
+        _ended(trial, Outcome.PRUNED, error=str(e), epoch=epoch)
+        if trial is None:
+            raise  # another sweeper (e.g. the stock Optuna one) handles TrialPruned itself
+        return FAILED_JOB_VALUE  # told already, so the sweeper need not see an exception
+    _ended(trial, Outcome.COMPLETED, value=value)
     return value
+
+
+def _ended(trial, outcome: Outcome, **row: Any) -> None:
+    """The job tells its own end: to its trial's study at once (so the trials of one batch can
+    prune each other), then in the sweep's jobs.jsonl."""
+    if trial is not None:
+        trial.ended(outcome, **row)
+    record_job(outcome, **row)
 
 
 def _hand_over_to_submitit() -> None:
@@ -115,18 +120,12 @@ def drop_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()  # only succeeds when empty
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip(" -") for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def _message(e: OrchardError | TrainingInterrupted) -> str:
-    text = f"\norchard_app: {e.title}:\n{e}"
+def _advice(e: OrchardError | TrainingInterrupted) -> str:
     if isinstance(e, ConfigError):
-        text += "\n  (python -m orchard_app --help lists every option; --cfg job shows the composed config)"
+        return "\n  (python -m orchard_app --help lists every option; --cfg job shows the composed config)"
     if isinstance(e, TrainingInterrupted) and e.checkpoint:
-        text += f"\n  Resume with:\n    {resume_command(e.checkpoint)}"
-    return text
+        return f"\n  Resume with:\n    {resume_command(e.checkpoint)}"
+    return ""
 
 
 def resume_command(checkpoint: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from orchard_app.outcomes import FAILURES, Outcome
 from orchard_app.run.job_record import read_jobs
 
 
@@ -74,5 +75,5 @@ class SweepSummary(Callback):
         print("\n" + text, file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
-        if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:
+        if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)
