@@ -66,15 +66,22 @@ def append_row(sweep_dir: Path, row: dict[str, Any]) -> None:
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The last record of each job, in job order."""
-    jobs: dict[int, dict] = {}
     try:
-        lines = (Path(sweep_dir) / JOBS).read_text(encoding="utf-8").splitlines()
+        text = (Path(sweep_dir) / JOBS).read_text(encoding="utf-8")
     except OSError:
         return []
-    for line in lines:
+    jobs = {int(row["job"]): row for row in read_rows(text)}
+    return [jobs[k] for k in sorted(jobs)]
+
+
+def read_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of jobs.jsonl text, in order; a damaged line or one without a job is skipped."""
+    rows = []
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+            int(row["job"])
+        except (ValueError, KeyError, TypeError):
             continue
-        jobs[int(row["job"])] = row
-    return [jobs[k] for k in sorted(jobs)]
+        rows.append(row)
+    return rows

@@ -57,6 +57,14 @@ def _local_clock(timestamp: str | None) -> str:
         return ""
 
 
+def duration(seconds: float) -> str:
+    """42s, 4m05s, 12m, 1h05m: an elapsed time or an ETA on a console line."""
+    s = round(max(seconds, 0))
+    if s < 600:
+        return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 60}m" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def _for_machines(_, __, ed: dict) -> dict:
     ed.pop("console", None)
     ed.update(ed.pop("fields", None) or {})
