@@ -83,7 +83,7 @@ class StudySweeper:
             space.pop(name, None)
         self._grid(space)
         url = (
-            absolute_url(self.storage, self.hydra_context_cwd())
+            absolute_url(self.storage, str(self.config.hydra.runtime.cwd))
             if self.storage
             else default_url(self.sweep_dir, journal=self._on_a_cluster())
         )
@@ -125,7 +125,7 @@ class StudySweeper:
             report.write(study, self.sweep_dir, self.config)
             raise
         report.write(study, self.sweep_dir, self.config)
-        if _count(study, (TrialState.COMPLETE,)):
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
                      best.value, best.params)  # fmt: skip
@@ -135,9 +135,6 @@ class StudySweeper:
         """SLURM jobs share the sweep dir over a network filesystem, where SQLite's locks are
         unreliable: there the default storage is Optuna's journal file."""
         return "Slurm" in str(self.config.hydra.launcher.get("_target_", ""))
-
-    def hydra_context_cwd(self) -> Path:
-        return Path(str(self.config.hydra.runtime.cwd))
 
     def _overrides(self, trial: optuna.Trial, url: str, fixed_args: list[str]) -> tuple[str, ...]:
         env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
@@ -255,10 +252,6 @@ def _done(study: optuna.Study) -> int:
     """Finished trials that count toward n_trials (an interrupted one does not: it is rerun)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
                if not t.user_attrs.get("interrupted"))  # fmt: skip
-
-
-def _count(study: optuna.Study, states) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:

@@ -2,7 +2,7 @@
 error into one clear message and a non-zero exit code (no traceback).
 
 A run that never started (a config error, Ctrl-C during start-up) leaves no run directory.
-In a sweep a failed job does not end the sweep: it is recorded (sweep.py) and the sweep ends
+In a sweep a failed job does not end the sweep: it is recorded (job_record.py) and the sweep ends
 with a summary and a non-zero exit code.
 """
 
@@ -26,8 +26,8 @@ from orchard_app.errors import (
     print_error,
 )
 from orchard_app.outcomes import Outcome, exit_code, is_pruned
-from orchard_app.run.job_record import record_job, sweep_dir_of_job
-from orchard_app.rundir.layout import run_dir_of_checkpoint
+from orchard_app.run.job_record import record_job
+from orchard_app.rundir.layout import run_dir_of_checkpoint, sweep_dir_of_job
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -47,8 +47,8 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
         if study_trial is not None and process_rank().is_main:  # rank 0 reports for DDP
             trial = study_trial()  # first: a trial whose sampled values are invalid fails as such
         validate(cfg)  # before torch is even imported
-        if trial is not None:
-            _job_dir(trial, run_dir)
+        if trial is not None and run_dir.exists():
+            trial.started(str(run_dir.resolve()))
         from orchard_app.run.train import train
 
         value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
@@ -107,11 +107,6 @@ def _hand_over_to_submitit() -> None:
     handler = signal.getsignal(signal.SIGUSR2)
     if callable(handler):
         handler(signal.SIGUSR2, None)
-
-
-def _job_dir(trial, run_dir: Path) -> None:
-    if run_dir.exists():
-        trial.started(str(run_dir.resolve()))
 
 
 def drop_if_empty(run_dir: Path) -> None:

@@ -15,21 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchard_app.distributed.rank import process_rank
-from orchard_app.rundir.layout import JOBS, JOBS_LOCK
-
-
-def sweep_dir_of_job() -> Path | None:
-    """The sweep directory of the running multirun job (None for a single run)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hc = HydraConfig.get()
-    sweep_dir = Path(hc.runtime.output_dir)
-    for _ in Path(str(hc.sweep.subdir)).parts:  # <sweep.dir>/<sweep.subdir>, never re-resolved
-        sweep_dir = sweep_dir.parent
-    return sweep_dir.resolve()
+from orchard_app.rundir.layout import JOBS, JOBS_LOCK, sweep_dir_of_job
 
 
 def record_job(

@@ -60,6 +60,21 @@ def saved_config(run_dir: Path) -> Path:
     return Path(run_dir) / HYDRA_DIR / HYDRA_CONFIG
 
 
+def sweep_dir_of_job() -> Path | None:
+    """The running multirun job's sweep dir (None for a single run), from its job dir
+    <sweep.dir>/<sweep.subdir>: the sweep dir, claimed when first resolved, is never re-resolved."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    sweep_dir = Path(hc.runtime.output_dir)
+    for _ in Path(str(hc.sweep.subdir)).parts:
+        sweep_dir = sweep_dir.parent
+    return sweep_dir.resolve()
+
+
 def run_dir_of_checkpoint(checkpoint: Path) -> Path:
     """<run dir>/checkpoints/<name>.pt -> <run dir>."""
     return Path(checkpoint).parent.parent

@@ -20,8 +20,8 @@ from orchard_app.run.job_record import read_jobs
 
 class SweepSummary(Callback):
     """Around a --multirun, in the launcher process: point an Optuna sweeper the monitor's way
-    (sweep_direction.py), route launcher warnings through one handler (sweep_logs.py), print a
-    line per finished job while it runs and a table at its end (sweep_progress.py), and exit 1
+    (direction.py), route launcher warnings through one handler (launcher_logs.py), print a
+    line per finished job while it runs and a table at its end (progress.py), and exit 1
     when a job failed. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
 
     def __init__(self) -> None:

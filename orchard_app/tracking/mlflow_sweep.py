@@ -25,7 +25,7 @@ from pathlib import Path
 from filelock import FileLock
 from mlflow import MlflowClient
 
-from orchard_app.rundir.layout import MLFLOW_PARENT_LOCK, MULTIRUN_YAML
+from orchard_app.rundir.layout import MLFLOW_PARENT_LOCK, MULTIRUN_YAML, sweep_dir_of_job
 
 log = logging.getLogger("orchard_app.tracking")
 
@@ -37,19 +37,9 @@ PARENT_TAG = "mlflow.parentRunId"
 def sweep_of_this_job() -> tuple[Path, str] | None:
     """(absolute sweep dir, job number) when running as a Hydra multirun job, else None."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    # The job dir is <sweep.dir>/<sweep.subdir>; derived from it so that the sweep dir
-    # (claimed with a unique mkdir when first resolved) is never resolved again here.
-    sweep_dir = Path(hc.runtime.output_dir)
-    for _ in Path(str(hc.sweep.subdir)).parts:
-        sweep_dir = sweep_dir.parent
-    return sweep_dir.resolve(), str(hc.job.num)
+    sweep_dir = sweep_dir_of_job()
+    return None if sweep_dir is None else (sweep_dir, str(HydraConfig.get().job.num))
 
 
 def sweep_id(sweep_dir: Path) -> str:
