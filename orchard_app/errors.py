@@ -1,7 +1,26 @@
-"""Errors a user can fix. Each message says what is wrong and what to do; the CLI prints it
-without a traceback and exits non-zero (see cli.py)."""
+"""Errors a user can fix. Each message says what is wrong and what to do; every entry point
+prints it with `print_error` (no traceback) and exits with its `exit_code`."""
 
 from __future__ import annotations
+
+import sys
+
+
+def print_error(e: OrchardError | TrainingInterrupted, prog: str = "orchard_app", advice: str = ""):
+    """The one message that stops a command: `<prog>: <title>:`, then the error's own text."""
+    print(f"\n{prog}: {e.title}:\n{e}{advice}", file=sys.stderr, flush=True)
+
+
+def first_line(e: BaseException, most: int = 600) -> str:
+    """An error's first line, without a list's dash (its type's name when it says nothing); past
+    `most` characters it is cut at a sentence or word boundary and marked with an ellipsis."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip(" -") if lines else type(e).__name__
+    if len(text) <= most:
+        return text
+    head = text[: most + 1]
+    sentence = head.rfind(". ")
+    return (head[: sentence + 1] if sentence > most // 2 else head.rsplit(" ", 1)[0]) + " …"
 
 
 class OrchardError(Exception):

@@ -1,8 +1,9 @@
-"""How a run ended, in one vocabulary: completed, failed, interrupted, pruned, requeued.
+"""How a run ended, in one vocabulary: completed, failed, interrupted, pruned, requeued, timeout.
 
 Mapped once from what ended the run (`outcome_of(exception)`), then read by provenance.json,
-the MLflow run status, the sweep's parent run, the console message and the exit code. A pruned
-trial is a normal end of a run (an early stop on purpose), never a failure.
+the MLflow run status, the sweep's parent run, jobs.jsonl and its table, the Optuna trial state,
+the console message and the exit code. A pruned trial is a normal end of a run (an early stop on
+purpose), never a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # a signal or Ctrl-C; resumable from last.pt
     PRUNED = "pruned"  # stopped early on purpose by a pruner
     REQUEUED = "requeued"  # stopped by the scheduler, which starts it again (resume=auto)
-    TIMEOUT = "timeout"
+    TIMEOUT = "timeout"  # the scheduler's time limit, with no requeue left (a launcher's record)
+
+
+ENDED = tuple(o for o in Outcome if o is not Outcome.REQUEUED)  # a requeued job runs again
+FAILURES = (Outcome.FAILED, Outcome.TIMEOUT)
 
 
 # MLflow's run statuses: FINISHED / FAILED / KILLED; tags carry the exact outcome.
@@ -28,6 +33,7 @@ MLFLOW_STATUS = {
     Outcome.FAILED: "FAILED",
     Outcome.INTERRUPTED: "KILLED",
     Outcome.REQUEUED: "KILLED",
+    Outcome.TIMEOUT: "FAILED",
 }
 
 

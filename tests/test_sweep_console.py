@@ -14,7 +14,7 @@ import pytest
 from conftest import compose, run_cli, tiny_overrides
 from omegaconf import OmegaConf, open_dict
 
-from orchard_app.run.job_record import RECORD_NAME
+from orchard_app.rundir.layout import JOBS as RECORD_NAME
 from orchard_app.sweep.direction import follow_monitor
 from orchard_app.sweep.launcher_logs import route_launcher_logs
 from orchard_app.sweep.progress import Progress, summary_text, total_jobs

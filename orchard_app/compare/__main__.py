@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from orchard_app.compare import METRICS, compare, to_markdown, write
-from orchard_app.errors import OrchardError
+from orchard_app.errors import OrchardError, print_error
 
 EPILOG = """examples:
   python -m orchard_app -m experiment=medmnist_v2 dataset=breastmnist training.seed=0,1,2
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         comparison = compare(args.paths)
         md, csv_path = write(comparison, args.out or default_out(args.paths))
     except OrchardError as e:
-        print(f"orchard_app.compare: {e.title}: {e}", file=sys.stderr)
+        print_error(e, prog="orchard_app.compare")
         return e.exit_code
     print(to_markdown(comparison), end="")
     print(f"\nwritten: {md} and {csv_path}", file=sys.stderr)

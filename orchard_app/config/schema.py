@@ -60,7 +60,9 @@ class AugmentConfig:
     color_jitter: float = rule(0.0, ge=0, le=1)
     random_resized_crop: bool = False
     crop_scale_min: float = rule(0.6, gt=0, le=1)  # smallest crop area for random_resized_crop
-    safe_only: bool = False  # leave out the flips this set forbids, saying so (config/laterality.py)
+    safe_only: bool = (
+        False  # leave out the flips this set forbids, saying so (config/laterality.py)
+    )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from filelock import FileLock
 from orchard_app.atomic import atomic_write
 from orchard_app.data.folders import not_a_file, writable_dir
 from orchard_app.data.medmnist_info import file_name, url_and_md5
-from orchard_app.errors import DataError
+from orchard_app.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +108,6 @@ def network_reason(e: BaseException) -> str:
     if status:
         return f"HTTP {status} from {host}"
     return f"{kind}: {first_line(e)}"
-
-
-def first_line(e: BaseException, most: int = 600) -> str:
-    """An exception's first line, whole; past `most` characters it is cut at a sentence or word
-    boundary and marked with an ellipsis, never mid-word."""
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else type(e).__name__
-    if len(text) <= most:
-        return text
-    head = text[: most + 1]
-    sentence = head.rfind(". ")
-    return (head[: sentence + 1] if sentence > most // 2 else head.rsplit(" ", 1)[0]) + " …"
 
 
 def md5_of(path: Path, chunk: int = 1 << 22) -> str:

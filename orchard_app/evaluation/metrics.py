@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "auc", "macro_f1")
-
 
 def predictions(task: str, probs: np.ndarray) -> np.ndarray:
     return (probs > 0.5).astype(np.int64) if task == "multi-label" else probs.argmax(1)

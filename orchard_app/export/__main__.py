@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchard_app.errors import CheckpointError, OrchardError
+from orchard_app.errors import CheckpointError, OrchardError, print_error
+from orchard_app.rundir import layout
 
 PROG = "python -m orchard_app.export"
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args.target, args.overrides, show_cfg=args.cfg)
     except OrchardError as e:
-        print(f"\norchard_app.export: {e.title}:\n{e}", file=sys.stderr, flush=True)
+        print_error(e, prog="orchard_app.export")
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         print("\norchard_app.export: interrupted; no half-written file was kept.",
@@ -52,17 +53,17 @@ def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | Non
 def resolve_target(target: Path) -> tuple[Path, Path]:
     """(checkpoint, run directory): a run dir's checkpoints/best.pt, or the file given."""
     if target.is_dir():
-        best = target / "checkpoints" / "best.pt"
+        best = layout.best_checkpoint(target)
         if not best.is_file():
             raise CheckpointError(
-                f"{target} has no checkpoints/best.pt: not a run directory, or its run never "
+                f"{target} has no {best.relative_to(target)}: not a run directory, or its run never "
                 f"finished an epoch.\n  Pass a run directory (outputs/<date>/<run>) or a "
                 f"checkpoint file: {PROG} <run dir or checkpoint>"
             )
         return best, target
     if target.is_file():
-        parent = target.parent
-        return target, (parent.parent if parent.name == "checkpoints" else parent)
+        in_run = target.parent.name == layout.CHECKPOINTS_DIR
+        return target, (layout.run_dir_of_checkpoint(target) if in_run else target.parent)
     raise CheckpointError(
         f"{target}: no such run directory or checkpoint file.\n"
         f"  Pass a run directory (outputs/<date>/<run>) or a checkpoint: {PROG} <path>"
@@ -72,7 +73,7 @@ def resolve_target(target: Path) -> tuple[Path, Path]:
 def _saved_config(checkpoint: Path, run_dir: Path) -> tuple[dict, str, dict | None]:
     """The run's config: .hydra/config.yaml when the run dir has one (no torch needed),
     else the resolved config recorded in the checkpoint (read once, reused for the weights)."""
-    hydra_config = run_dir / ".hydra" / "config.yaml"
+    hydra_config = layout.saved_config(run_dir)
     if hydra_config.is_file():
         from omegaconf import OmegaConf
 
@@ -97,15 +98,15 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
 
     undo = setup_console_only(logging.INFO)
     try:
-        is_run = (run_dir / "provenance.json").is_file()  # a run dir: one writer at a time
+        is_run = (run_dir / layout.PROVENANCE).is_file()  # a run dir: one writer at a time
         with RunLock(run_dir) if is_run else contextlib.nullcontext():
-            from orchard_app.export.pipeline import EXPORT_DIR, export_run
+            from orchard_app.export.pipeline import export_run
 
-            bench = export_run(cfg, checkpoint, run_dir / EXPORT_DIR, ckpt=ckpt,
-                               report=run_dir / "report.md")  # fmt: skip
+            bench = export_run(cfg, checkpoint, run_dir / layout.EXPORTS_DIR, ckpt=ckpt,
+                               report=run_dir / layout.REPORT)  # fmt: skip
             if is_run and cfg.tracking.name == "mlflow":
                 _track(run_dir, bench)
-        logging.getLogger("orchard_app.export").info("done: %s", run_dir / EXPORT_DIR)
+        logging.getLogger("orchard_app.export").info("done: %s", run_dir / layout.EXPORTS_DIR)
         return bench
     finally:
         undo()
@@ -116,15 +117,14 @@ def _track(run_dir: Path, bench: dict) -> None:
     import json
     import os
 
-    tracking = json.loads((run_dir / "provenance.json").read_text()).get("tracking") or {}
+    tracking = json.loads((run_dir / layout.PROVENANCE).read_text()).get("tracking") or {}
     if "mlflow_run_id" not in tracking:
         return
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our handlers route its lines
     from orchard_app.export.pipeline import summary_metrics
-    from orchard_app.tracking.mlflow_tracker import RESULT_ARTIFACTS, add_to_run
+    from orchard_app.tracking.mlflow_tracker import EXPORT_ARTIFACTS, add_to_run
 
-    files = [name for name in RESULT_ARTIFACTS if name.startswith("exports/")] + ["report.md"]
-    add_to_run(tracking, run_dir, files, summary_metrics(bench))
+    add_to_run(tracking, run_dir, [*EXPORT_ARTIFACTS, layout.REPORT], summary_metrics(bench))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from orchard_app.atomic import atomic_write
+from orchard_app.rundir import layout
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -22,13 +23,13 @@ TOP = 5
 
 def write(study: optuna.Study, sweep_dir: Path, config) -> None:
     trials = study.get_trials(deepcopy=False)
-    atomic_write(sweep_dir / "study.csv", study_csv(trials))
+    atomic_write(sweep_dir / layout.STUDY_CSV, study_csv(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         return
-    atomic_write(sweep_dir / "top_trials.md", top_trials(study, complete, config))
+    atomic_write(sweep_dir / layout.TOP_TRIALS, top_trials(study, complete, config))
     best_config(study.best_trial, sweep_dir, config, study.study_name)
-    figures(study, sweep_dir / "figures", str(config.training.monitor))
+    figures(study, sweep_dir / layout.FIGURES_DIR, str(config.training.monitor))
 
 
 def study_csv(trials) -> str:
@@ -73,7 +74,7 @@ def best_config(best, sweep_dir: Path, config, study_name: str) -> None:
     """A complete primary config that re-runs the best trial:
     `python -m orchard_app --config-path <sweep dir> --config-name best_config`."""
     job_dir = best.user_attrs.get("job_dir")
-    record = Path(job_dir or "") / ".hydra" / "config.yaml"
+    record = layout.saved_config(job_dir or "")
     if not job_dir or not record.is_file():
         return
     from orchard_app.config import CONF_DIR
@@ -91,7 +92,7 @@ def best_config(best, sweep_dir: Path, config, study_name: str) -> None:
     head = (f"# Best trial {best.number} of study '{study_name}' "
             f"({config.training.monitor} = {best.value:.6g}), from {job_dir}.\n"
             f"# Re-run: python -m orchard_app --config-path {sweep_dir} --config-name best_config\n")  # fmt: skip
-    atomic_write(sweep_dir / "best_config.yaml", head + OmegaConf.to_yaml(out))
+    atomic_write(sweep_dir / layout.BEST_CONFIG, head + OmegaConf.to_yaml(out))
 
 
 def figures(study: optuna.Study, out: Path, monitor: str) -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchard_app.rundir.layout import OPTUNA_DB, OPTUNA_JOURNAL
+
 JOURNAL = "journal://"
-DB_NAME, JOURNAL_NAME = "optuna.db", "optuna.journal"
 
 
 def default_url(sweep_dir: str | Path, journal: bool = False) -> str:
     """SQLite in the sweep dir; a journal file there for jobs on other nodes (NFS)."""
     if journal:
-        return f"{JOURNAL}{Path(sweep_dir).resolve() / JOURNAL_NAME}"
-    return f"sqlite:///{Path(sweep_dir).resolve() / DB_NAME}"
+        return f"{JOURNAL}{Path(sweep_dir).resolve() / OPTUNA_JOURNAL}"
+    return f"sqlite:///{Path(sweep_dir).resolve() / OPTUNA_DB}"
 
 
 def absolute_url(url: str, base: str | Path) -> str:

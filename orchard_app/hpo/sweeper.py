@@ -13,10 +13,11 @@ It reuses hydra-optuna-sweeper's search-space parsing (`interval`, `choice`, `ra
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,13 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
-from orchard_app.errors import ConfigError, HpoError, OrchardError
+from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, print_error
 from orchard_app.hpo import report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import absolute_url, default_url, open_storage
 from orchard_app.run.job_record import read_jobs
+from orchard_app.rundir.layout import STUDY_CSV
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -72,7 +74,7 @@ class StudySweeper:
         try:
             return self._sweep(arguments)
         except OrchardError as e:
-            print(f"\norchard_app: {e.title}:\n{e}", file=sys.stderr, flush=True)
+            print_error(e)
             raise SystemExit(e.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> list[Any]:
@@ -83,7 +85,7 @@ class StudySweeper:
             space.pop(name, None)
         self._grid(space)
         url = (
-            absolute_url(self.storage, self.hydra_context_cwd())
+            absolute_url(self.storage, str(self.config.hydra.runtime.cwd))
             if self.storage
             else default_url(self.sweep_dir, journal=self._on_a_cluster())
         )
@@ -125,7 +127,7 @@ class StudySweeper:
             report.write(study, self.sweep_dir, self.config)
             raise
         report.write(study, self.sweep_dir, self.config)
-        if _count(study, (TrialState.COMPLETE,)):
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
                      best.value, best.params)  # fmt: skip
@@ -136,24 +138,26 @@ class StudySweeper:
         unreliable: there the default storage is Optuna's journal file."""
         return "Slurm" in str(self.config.hydra.launcher.get("_target_", ""))
 
-    def hydra_context_cwd(self) -> Path:
-        return Path(str(self.config.hydra.runtime.cwd))
-
     def _overrides(self, trial: optuna.Trial, url: str, fixed_args: list[str]) -> tuple[str, ...]:
         env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
         return (*(f"{k}={v}" for k, v in trial.params.items()), *fixed_args,
                 *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
-        """What the job did not tell itself (it died, or ran outside our job code)."""
+        """Only a job that could not tell its own end (it died, or ran outside our job code):
+        the reason from its JobReturn, or from the launcher's row in jobs.jsonl (a job the
+        cluster launcher lost comes back COMPLETED with NaN; the reason is only there)."""
         if _state(study, trial) in FINISHED:
             return
         if ret.status == JobStatus.COMPLETED and _finite(ret.return_value):
             study.tell(trial, float(ret.return_value), skip_if_finished=True)
             return
         if ret.status == JobStatus.FAILED:
-            error = ret._return_value  # pinned: hydra-core's JobReturn (.return_value re-raises)
-            text = f"{type(error).__name__}: {error}"
+            try:  # the public property raises the job's exception (after its own stderr line)
+                with contextlib.redirect_stderr(io.StringIO()):
+                    _ = ret.return_value
+            except Exception as error:
+                text = f"{type(error).__name__}: {error}"
         else:  # the launcher or the job recorded why in the sweep's jobs.jsonl
             rows = [r for r in read_jobs(self.sweep_dir) if r["job"] == trial.number]
             text = (
@@ -245,23 +249,14 @@ class StudySweeper:
             raise HpoError(
                 f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
-                f"{self.sweep_dir / 'study.csv'}."
+                f"{self.sweep_dir / STUDY_CSV}."
             )
-
-
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _done(study: optuna.Study) -> int:
     """Finished trials that count toward n_trials (an interrupted one does not: it is rerun)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
                if not t.user_attrs.get("interrupted"))  # fmt: skip
-
-
-def _count(study: optuna.Study, states) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:

@@ -11,11 +11,15 @@ import os
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from orchard_app.errors import RunPruned
 from orchard_app.hpo.contract import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 from orchard_app.hpo.pruners import make_pruner
 from orchard_app.hpo.storage import open_storage
+from orchard_app.outcomes import Outcome
+
+STATE = {Outcome.COMPLETED: TrialState.COMPLETE, Outcome.PRUNED: TrialState.PRUNED}  # else FAIL
 
 
 class TrialPruned(optuna.TrialPruned, RunPruned):
@@ -55,22 +59,18 @@ class JobTrial:
     def started(self, run_dir: str) -> None:
         self.trial.set_user_attr("job_dir", run_dir)
 
-    def completed(self, value: float, epochs: int | None = None) -> None:
-        if epochs is not None:
-            self.trial.set_user_attr("epochs_run", epochs)
-        if math.isfinite(value):
-            self.study.tell(self.trial, value, skip_if_finished=True)
-        else:
-            self.failed(f"the objective is {value}")
-
-    def pruned(self, epoch: int | None) -> None:
+    def ended(self, outcome: Outcome, value: float | None = None, error: str | None = None,
+              epoch: int | None = None) -> None:  # fmt: skip
+        """Tell the study how this job ended; the sweeper tells only the jobs that could not."""
+        if outcome == Outcome.COMPLETED and not math.isfinite(value):
+            outcome, error = Outcome.FAILED, f"the objective is {value}"
         if epoch is not None:
             self.trial.set_user_attr("epochs_run", epoch)
-        self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
-
-    def failed(self, error: str) -> None:
-        self.trial.set_user_attr("error", error)
-        self.study.tell(self.trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        state = STATE.get(outcome, TrialState.FAIL)
+        if state == TrialState.FAIL:
+            self.trial.set_user_attr("error", error)
+        values = value if state == TrialState.COMPLETE else None
+        self.study.tell(self.trial, values, state=state, skip_if_finished=True)
 
 
 def _sweep_pruner():

@@ -2,7 +2,7 @@
 error into one clear message and a non-zero exit code (no traceback).
 
 A run that never started (a config error, Ctrl-C during start-up) leaves no run directory.
-In a sweep a failed job does not end the sweep: it is recorded (sweep.py) and the sweep ends
+In a sweep a failed job does not end the sweep: it is recorded (job_record.py) and the sweep ends
 with a summary and a non-zero exit code.
 """
 
@@ -18,7 +18,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from orchard_app.distributed.rank import process_rank
-from orchard_app.errors import ConfigError, OrchardError, TrainingInterrupted
+from orchard_app.errors import (
+    ConfigError,
+    OrchardError,
+    TrainingInterrupted,
+    first_line,
+    print_error,
+)
+from orchard_app.outcomes import Outcome, exit_code, is_pruned
+from orchard_app.run.job_record import record_job
+from orchard_app.rundir.layout import run_dir_of_checkpoint, sweep_dir_of_job
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -29,8 +38,6 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
     imports the study machinery."""
     from hydra.core.hydra_config import HydraConfig
 
-    from orchard_app.run.job_record import record_job, sweep_dir_of_job
-
     multirun = sweep_dir_of_job() is not None
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     trial = None
@@ -40,8 +47,8 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
         if study_trial is not None and process_rank().is_main:  # rank 0 reports for DDP
             trial = study_trial()  # first: a trial whose sampled values are invalid fails as such
         validate(cfg)  # before torch is even imported
-        if trial is not None:
-            _job_dir(trial, run_dir)
+        if trial is not None and run_dir.exists():
+            trial.started(str(run_dir.resolve()))
         from orchard_app.run.train import train
 
         value = train(cfg, callbacks=[trial.on_epoch_end] if trial else ())
@@ -50,45 +57,44 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
         if e.requeue:  # SLURM's warning before a time limit or a preemption, under submitit
             print(f"\norchard_app: {e}; the job is requeued and continues from there.",
                   file=sys.stderr, flush=True)  # fmt: skip
-            record_job("requeued", error=str(e))
+            record_job(Outcome.REQUEUED, error=str(e))
             _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
-            print(_message(e), file=sys.stderr, flush=True)
-        record_job("interrupted", error=str(e))
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:  # Ctrl-C before the run's own signal handling was in place
+            print_error(e, advice=_advice(e))
+        record_job(Outcome.INTERRUPTED, error=str(e))
+        raise SystemExit(exit_code(e)) from None
+    except KeyboardInterrupt as e:  # Ctrl-C before the run's own signal handling was in place
         print("\norchard_app: interrupted during start-up; nothing was written.",
               file=sys.stderr, flush=True)  # fmt: skip
         drop_if_empty(run_dir)
-        record_job("interrupted", error="Ctrl-C during start-up")
-        raise SystemExit(130) from None
+        record_job(Outcome.INTERRUPTED, error="Ctrl-C during start-up")
+        raise SystemExit(exit_code(e)) from None
     except OrchardError as e:
-        print(_message(e), file=sys.stderr, flush=True)
+        print_error(e, advice=_advice(e))
         drop_if_empty(run_dir)
         if not multirun:
-            raise SystemExit(e.exit_code) from None
-        reason = f"{e.title}: {_first_line(e)}"
-        if trial is not None:
-            trial.failed(reason)
-        record_job("failed", error=reason)
+            raise SystemExit(exit_code(e)) from None
+        _ended(trial, Outcome.FAILED, error=f"{e.title}: {first_line(e)}")
         return FAILED_JOB_VALUE  # the sweep goes on; its summary reports this job
     except Exception as e:
-        from orchard_app.outcomes import is_pruned
-
         if not (multirun and is_pruned(e)):
             raise
         epoch = getattr(e, "epoch", None)
         print(f"\norchard_app: {e}", file=sys.stderr, flush=True)
-        if trial is not None:  # told here, so the sweeper need not see an exception
-            trial.pruned(epoch)
-            record_job("pruned", error=str(e), epoch=epoch)
-            return FAILED_JOB_VALUE
-        record_job("pruned", error=str(e), epoch=epoch)
-        raise  # another sweeper (e.g. the stock Optuna one) handles TrialPruned itself
-    if trial is not None:
-        trial.completed(value)
-    record_job("completed", value=value)
+        _ended(trial, Outcome.PRUNED, error=str(e), epoch=epoch)
+        if trial is None:
+            raise  # another sweeper (e.g. the stock Optuna one) handles TrialPruned itself
+        return FAILED_JOB_VALUE  # told already, so the sweeper need not see an exception
+    _ended(trial, Outcome.COMPLETED, value=value)
     return value
+
+
+def _ended(trial, outcome: Outcome, **row: Any) -> None:
+    """The job tells its own end: to its trial's study at once (so the trials of one batch can
+    prune each other), then in the sweep's jobs.jsonl."""
+    if trial is not None:
+        trial.ended(outcome, **row)
+    record_job(outcome, **row)
 
 
 def _hand_over_to_submitit() -> None:
@@ -103,29 +109,18 @@ def _hand_over_to_submitit() -> None:
         handler(signal.SIGUSR2, None)
 
 
-def _job_dir(trial, run_dir: Path) -> None:
-    if run_dir.exists():
-        trial.started(str(run_dir.resolve()))
-
-
 def drop_if_empty(run_dir: Path) -> None:
     """Remove a run directory that nothing was written to (claimed, but never started)."""
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only succeeds when empty
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip(" -") for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
-
-
-def _message(e: OrchardError | TrainingInterrupted) -> str:
-    text = f"\norchard_app: {e.title}:\n{e}"
+def _advice(e: OrchardError | TrainingInterrupted) -> str:
     if isinstance(e, ConfigError):
-        text += "\n  (python -m orchard_app --help lists every option; --cfg job shows the composed config)"
+        return "\n  (python -m orchard_app --help lists every option; --cfg job shows the composed config)"
     if isinstance(e, TrainingInterrupted) and e.checkpoint:
-        text += f"\n  Resume with:\n    {resume_command(e.checkpoint)}"
-    return text
+        return f"\n  Resume with:\n    {resume_command(e.checkpoint)}"
+    return ""
 
 
 def resume_command(checkpoint: str) -> str:
@@ -135,7 +130,7 @@ def resume_command(checkpoint: str) -> str:
     overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith("training.resume=")
     ]
-    run_dir = Path(checkpoint).parent.parent
+    run_dir = run_dir_of_checkpoint(checkpoint)
     return shlex.join([*_launch_command(), *overrides, f"hydra.run.dir={run_dir}",
                        "training.resume=auto"])  # fmt: skip
 

@@ -15,22 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchard_app.distributed.rank import process_rank
-
-RECORD_NAME = "jobs.jsonl"
-
-
-def sweep_dir_of_job() -> Path | None:
-    """The sweep directory of the running multirun job (None for a single run)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hc = HydraConfig.get()
-    sweep_dir = Path(hc.runtime.output_dir)
-    for _ in Path(str(hc.sweep.subdir)).parts:  # <sweep.dir>/<sweep.subdir>, never re-resolved
-        sweep_dir = sweep_dir.parent
-    return sweep_dir.resolve()
+from orchard_app.rundir.layout import JOBS, JOBS_LOCK, sweep_dir_of_job
 
 
 def record_job(
@@ -60,22 +45,29 @@ def append_row(sweep_dir: Path, row: dict[str, Any]) -> None:
     from filelock import FileLock
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(sweep_dir / f".{RECORD_NAME}.lock"), timeout=60)
-    with lock, open(sweep_dir / RECORD_NAME, "a", encoding="utf-8") as f:
+    lock = FileLock(str(sweep_dir / JOBS_LOCK), timeout=60)
+    with lock, open(sweep_dir / JOBS, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The last record of each job, in job order."""
-    jobs: dict[int, dict] = {}
     try:
-        lines = (Path(sweep_dir) / RECORD_NAME).read_text(encoding="utf-8").splitlines()
+        text = (Path(sweep_dir) / JOBS).read_text(encoding="utf-8")
     except OSError:
         return []
-    for line in lines:
+    jobs = {int(row["job"]): row for row in read_rows(text)}
+    return [jobs[k] for k in sorted(jobs)]
+
+
+def read_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of jobs.jsonl text, in order; a damaged line or one without a job is skipped."""
+    rows = []
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+            int(row["job"])
+        except (ValueError, KeyError, TypeError):
             continue
-        jobs[int(row["job"])] = row
-    return [jobs[k] for k in sorted(jobs)]
+        rows.append(row)
+    return rows

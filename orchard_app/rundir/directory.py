@@ -23,6 +23,7 @@ from typing import Any
 from orchard_app.atomic import atomic_write
 from orchard_app.errors import RunDirError, StorageError
 from orchard_app.outcomes import outcome_of
+from orchard_app.rundir import layout
 from orchard_app.rundir.lock import RunLock
 from orchard_app.rundir.logging import setup_console_only, setup_logging
 from orchard_app.rundir.provenance import Provenance, read_provenance, requirements
@@ -56,12 +57,12 @@ class RunDirectory:
         self._refuse_another_runs_dir()
         with self._stack as stack:
             stack.enter_context(RunLock(self.path))
-            stack.callback(setup_logging(self.path / "logs", self.run_id))
+            stack.callback(setup_logging(self.path / layout.LOGS_DIR, self.run_id))
             self.provenance = Provenance(
-                self.path / "provenance.json", {"run_id": self.run_id, **self.fields},
+                self.path / layout.PROVENANCE, {"run_id": self.run_id, **self.fields},
                 resumed_from=self.resumed_from, continues=self.continues,
             )  # fmt: skip
-            _write(self.path / "requirements.txt", requirements())
+            _write(self.path / layout.REQUIREMENTS, requirements())
             write_hydra_record(self.path, self.job_config)
             self._stack = stack.pop_all()
         return self
@@ -69,7 +70,7 @@ class RunDirectory:
     def _refuse_another_runs_dir(self) -> None:
         """A directory that already holds a run's record is that run's: only its own resume
         may write there (checked before anything is written, lock file included)."""
-        previous = read_provenance(self.path / "provenance.json")
+        previous = read_provenance(self.path / layout.PROVENANCE)
         if previous is None or self.continues:
             return
         raise RunDirError(
@@ -111,11 +112,11 @@ def write_hydra_record(run_dir: Path, job_config) -> None:
     if job_config is None or not HydraConfig.initialized():
         return
     hydra_root = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
-    out = run_dir / ".hydra"
+    out = run_dir / layout.HYDRA_DIR
     out.mkdir(exist_ok=True)
-    _write(out / "config.yaml", OmegaConf.to_yaml(job_config))
-    _write(out / "hydra.yaml", OmegaConf.to_yaml(hydra_root))
-    _write(out / "overrides.yaml", OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
+    _write(out / layout.HYDRA_CONFIG, OmegaConf.to_yaml(job_config))
+    _write(out / layout.HYDRA_HYDRA, OmegaConf.to_yaml(hydra_root))
+    _write(out / layout.HYDRA_OVERRIDES, OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
 
 
 def _write(path: Path, text: str) -> None:

@@ -13,8 +13,9 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
     exports/               model.onnx, model_int8.onnx, benchmark.json (export.enabled)
     metrics.json           the run's summary: written last, so its presence means "finished"
 
-A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's study.csv,
-top_trials.md, best_config.yaml and figures/, and submitit's .submitit/ job files.
+A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's storage (optuna.db or
+optuna.journal), study.csv, top_trials.md, best_config.yaml and figures/, the MLflow parent
+run's lock, and submitit's .submitit/ job files.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ METRICS = "metrics.json"
 LOCK, LOCK_HOLDER = ".run.lock", ".run.lock.json"
 
 # ---- a sweep dir
-JOBS = "jobs.jsonl"
+JOBS, JOBS_LOCK = "jobs.jsonl", ".jobs.jsonl.lock"
+OPTUNA_DB, OPTUNA_JOURNAL = "optuna.db", "optuna.journal"
 STUDY_CSV, TOP_TRIALS, BEST_CONFIG = "study.csv", "top_trials.md", "best_config.yaml"
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's own record of the sweep
 SUBMITIT_DIR = ".submitit"
+MLFLOW_PARENT_LOCK = ".mlflow_parent.lock"
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -51,6 +54,25 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 def best_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR / BEST_CHECKPOINT
+
+
+def saved_config(run_dir: Path) -> Path:
+    return Path(run_dir) / HYDRA_DIR / HYDRA_CONFIG
+
+
+def sweep_dir_of_job() -> Path | None:
+    """The running multirun job's sweep dir (None for a single run), from its job dir
+    <sweep.dir>/<sweep.subdir>: the sweep dir, claimed when first resolved, is never re-resolved."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    sweep_dir = Path(hc.runtime.output_dir)
+    for _ in Path(str(hc.sweep.subdir)).parts:
+        sweep_dir = sweep_dir.parent
+    return sweep_dir.resolve()
 
 
 def run_dir_of_checkpoint(checkpoint: Path) -> Path:

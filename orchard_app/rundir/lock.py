@@ -19,17 +19,15 @@ from filelock import FileLock, Timeout
 
 from orchard_app.atomic import atomic_write
 from orchard_app.errors import RunLockedError, StorageError
+from orchard_app.rundir.layout import LOCK, LOCK_HOLDER
 from orchard_app.rundir.provenance import now
-
-LOCK_NAME = ".run.lock"
-OWNER_NAME = ".run.lock.json"
 
 
 class RunLock:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
-        self.owner = self.directory / OWNER_NAME
+        self.path = self.directory / LOCK
+        self.owner = self.directory / LOCK_HOLDER
         self._lock = FileLock(str(self.path), blocking=False)
 
     def __enter__(self) -> RunLock:

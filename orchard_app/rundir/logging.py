@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from orchard_app.rundir.layout import LOG_JSON, LOG_TEXT
+
 # Chatty at INFO (alembic prints every MLflow schema migration); warnings still come through.
 QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock", "numexpr", "h5py",
          "sqlalchemy", "httpx")  # fmt: skip
@@ -53,6 +55,14 @@ def _local_clock(timestamp: str | None) -> str:
         return dt.datetime.fromisoformat(str(timestamp)).astimezone().strftime("%H:%M:%S")
     except ValueError:
         return ""
+
+
+def duration(seconds: float) -> str:
+    """42s, 4m05s, 12m, 1h05m: an elapsed time or an ETA on a console line."""
+    s = round(max(seconds, 0))
+    if s < 600:
+        return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 60}m" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _for_machines(_, __, ed: dict) -> dict:
@@ -116,9 +126,9 @@ def _not_a_retry(record: logging.LogRecord) -> bool:
 
 def _file_handlers(log_dir: Path, add_run_id) -> list[logging.Handler]:
     log_dir.mkdir(parents=True, exist_ok=True)
-    text = logging.FileHandler(log_dir / "run.log", encoding="utf-8")
+    text = logging.FileHandler(log_dir / LOG_TEXT, encoding="utf-8")
     text.setFormatter(_formatter([_for_people]))
-    jsonl = logging.FileHandler(log_dir / "run.jsonl", encoding="utf-8")
+    jsonl = logging.FileHandler(log_dir / LOG_JSON, encoding="utf-8")
     jsonl.setFormatter(
         _formatter(
             [

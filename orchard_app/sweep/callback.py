@@ -14,13 +14,14 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from orchard_app.outcomes import FAILURES, Outcome
 from orchard_app.run.job_record import read_jobs
 
 
 class SweepSummary(Callback):
     """Around a --multirun, in the launcher process: point an Optuna sweeper the monitor's way
-    (sweep_direction.py), route launcher warnings through one handler (sweep_logs.py), print a
-    line per finished job while it runs and a table at its end (sweep_progress.py), and exit 1
+    (direction.py), route launcher warnings through one handler (launcher_logs.py), print a
+    line per finished job while it runs and a table at its end (progress.py), and exit 1
     when a job failed. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
 
     def __init__(self) -> None:
@@ -74,5 +75,5 @@ class SweepSummary(Callback):
         print("\n" + text, file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
-        if outcomes & {"failed", "timeout"} and "interrupted" not in outcomes and not study:
+        if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)

@@ -10,12 +10,10 @@ or that has Optuna's `direction` and `n_trials` keys (a subclass of ours too), i
 
 from __future__ import annotations
 
-import sys
-
 from omegaconf import DictConfig, ListConfig, open_dict, read_write
 
 from orchard_app.config.monitor import direction_of
-from orchard_app.errors import ConfigError
+from orchard_app.errors import ConfigError, print_error
 from orchard_app.sweep.console import say
 
 KEY = "hydra.sweeper.direction"
@@ -83,5 +81,5 @@ def _refuse(given: str, monitor: str, want: str) -> None:
         f"(each trial returns its best {monitor}, and {BETTER[want]} is better); drop {KEY} "
         "(it follows the monitor), or monitor another metric. No trial was run."
     ])  # fmt: skip
-    print(f"\norchard_app: {error.title}:\n{error}", file=sys.stderr, flush=True)
+    print_error(error)
     raise SystemExit(error.exit_code)

@@ -22,11 +22,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from orchard_app.run.job_record import RECORD_NAME
+from orchard_app.outcomes import ENDED, Outcome
+from orchard_app.run.job_record import read_rows
+from orchard_app.rundir.layout import JOBS, PROVENANCE
+from orchard_app.rundir.logging import duration
 from orchard_app.sweep.console import say
 
 POLL_S = 0.5
-ENDED = ("completed", "failed", "timeout", "interrupted", "pruned")  # "requeued" runs again
 
 
 def total_jobs(config) -> int | None:
@@ -94,22 +96,14 @@ class Progress:
 
     def _new_rows(self) -> list[dict[str, Any]]:
         try:
-            with open(self.sweep_dir / RECORD_NAME, "rb") as f:
+            with open(self.sweep_dir / JOBS, "rb") as f:
                 f.seek(self._offset)
                 data = f.read()
         except OSError:  # no job has ended yet
             return []
         complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
         self._offset += len(complete)
-        rows = []
-        for line in complete.decode("utf-8", "replace").splitlines():
-            try:
-                row = json.loads(line)
-                int(row["job"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            rows.append(row)
-        return rows
+        return read_rows(complete.decode("utf-8", "replace"))
 
     # ------------------------------------------------------------------ the line
     def line(self, row: dict[str, Any]) -> str:
@@ -120,18 +114,18 @@ class Progress:
         if best is not None:
             parts.append(f"best so far {best['value']:.4f} (#{best['job']})")
         elapsed = time.monotonic() - self.started
-        timing = f"elapsed {clock(elapsed)}"
+        timing = f"elapsed {duration(elapsed)}"
         if self.total and 0 < ended < self.total:
-            timing += f", ETA {clock(elapsed / ended * (self.total - ended))}"
+            timing += f", ETA {duration(elapsed / ended * (self.total - ended))}"
         return " | ".join([*parts, timing])
 
     def describe(self, row: dict[str, Any]) -> str:
         outcome = row["outcome"]
-        if outcome == "completed" and _number(row.get("value")):
+        if outcome == Outcome.COMPLETED and _number(row.get("value")):
             return f"{self.monitor} {row['value']:.4f}"
-        if outcome == "pruned" and row.get("stopped_at_epoch") is not None:
+        if outcome == Outcome.PRUNED and row.get("stopped_at_epoch") is not None:
             return f"pruned at epoch {row['stopped_at_epoch']}"
-        if outcome == "requeued":
+        if outcome == Outcome.REQUEUED:
             return "requeued (it resumes when the scheduler restarts it)"
         return outcome
 
@@ -139,7 +133,7 @@ class Progress:
 def best_job(rows, direction: str) -> dict[str, Any] | None:
     """The completed job with the best value by the monitor's direction ('max' or 'min'); of
     equal values, the first job."""
-    done = [r for r in rows if r["outcome"] == "completed" and _number(r.get("value"))]
+    done = [r for r in rows if r["outcome"] == Outcome.COMPLETED and _number(r.get("value"))]
     if not done:
         return None
     sign = -1 if direction == "max" else 1
@@ -167,7 +161,7 @@ def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str = "va
             lines.append(f"        stopped at epoch {job['stopped_at_epoch']}")
         elif job.get("error"):
             lines.append(f"        {job['error']}")
-        if job.get("log") and job["outcome"] not in ("completed", "pruned"):
+        if job.get("log") and job["outcome"] not in (Outcome.COMPLETED, Outcome.PRUNED):
             lines.append(f"        log: {job['log']}")  # a submitit job's console output
     return "\n".join(lines)
 
@@ -178,24 +172,12 @@ def mlflow_hint(jobs: list[dict[str, Any]]) -> str | None:
 
     for job in jobs:
         try:
-            tracked = json.loads((Path(job["run_dir"]) / "provenance.json").read_text())["tracking"]
+            tracked = json.loads((Path(job["run_dir"]) / PROVENANCE).read_text())["tracking"]
             return "MLflow: " + ui_hint(tracked["mlflow_tracking_uri"],
                                         tracked["mlflow_experiment_id"])  # fmt: skip
         except (TypeError, OSError, ValueError, KeyError):
             continue
     return None
-
-
-def clock(seconds: float) -> str:
-    """42s, 4m05s, 12m, 1h05m."""
-    s = round(max(seconds, 0))
-    if s < 60:
-        return f"{s}s"
-    if s < 600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _number(value) -> bool:

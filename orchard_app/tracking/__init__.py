@@ -1,4 +1,4 @@
-"""Experiment tracking (MLflow). The run directory, its lock, provenance and logging are orchard_app.run's.
+"""Experiment tracking (MLflow). The run directory, its lock, provenance and logging are orchard_app.rundir's.
 
 `open_tracker(cfg, ...)` returns the tracker for `cfg.tracking.name`; `tracking=none` returns a
 NullTracker and imports nothing from MLflow. A tracker is a context manager with two hooks:

@@ -25,30 +25,21 @@ from pathlib import Path
 from filelock import FileLock
 from mlflow import MlflowClient
 
+from orchard_app.rundir.layout import MLFLOW_PARENT_LOCK, MULTIRUN_YAML, sweep_dir_of_job
+
 log = logging.getLogger("orchard_app.tracking")
 
 SWEEP_ID_TAG = "orchard.sweep_id"
 ROLE_TAG = "orchard.role"
 PARENT_TAG = "mlflow.parentRunId"
-LOCK_NAME = ".mlflow_parent.lock"
 
 
 def sweep_of_this_job() -> tuple[Path, str] | None:
     """(absolute sweep dir, job number) when running as a Hydra multirun job, else None."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    # The job dir is <sweep.dir>/<sweep.subdir>; derived from it so that the sweep dir
-    # (claimed with a unique mkdir when first resolved) is never resolved again here.
-    sweep_dir = Path(hc.runtime.output_dir)
-    for _ in Path(str(hc.sweep.subdir)).parts:
-        sweep_dir = sweep_dir.parent
-    return sweep_dir.resolve(), str(hc.job.num)
+    sweep_dir = sweep_dir_of_job()
+    return None if sweep_dir is None else (sweep_dir, str(HydraConfig.get().job.num))
 
 
 def sweep_id(sweep_dir: Path) -> str:
@@ -77,8 +68,8 @@ def join_sweep(client: MlflowClient, experiment_id: str, sweep_dir: Path) -> str
         }
         name = f"sweep {sweep_dir.parent.name}/{sweep_dir.name}"
         parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        if (sweep_dir / "multirun.yaml").is_file():
-            client.log_artifact(parent_id, str(sweep_dir / "multirun.yaml"))
+        if (sweep_dir / MULTIRUN_YAML).is_file():
+            client.log_artifact(parent_id, str(sweep_dir / MULTIRUN_YAML))
         log.info("mlflow: sweep parent run %s (%s)", parent_id, name)
         return parent_id
 
@@ -99,7 +90,7 @@ def leave_sweep(client: MlflowClient, experiment_id: str, parent_id: str, sweep_
 
 def _lock(sweep_dir: Path) -> FileLock:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(sweep_dir / LOCK_NAME), timeout=120)
+    return FileLock(str(sweep_dir / MLFLOW_PARENT_LOCK), timeout=120)
 
 
 def _sweep_overrides(sweep_dir: Path) -> dict[str, str]:
@@ -107,7 +98,7 @@ def _sweep_overrides(sweep_dir: Path) -> dict[str, str]:
     from omegaconf import OmegaConf
 
     try:
-        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+        overrides = OmegaConf.load(sweep_dir / MULTIRUN_YAML).hydra.overrides.task
     except Exception:  # absent or unreadable: the tag is a convenience, the file is the record
         return {}
     return {"sweep_overrides": shlex.join(str(o) for o in overrides)}

@@ -26,17 +26,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
 from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
+from orchard_app.rundir import layout
 from orchard_app.tracking.links import ui_hint
 from orchard_app.tracking.mlflow_store import connect
-from orchard_app.tracking.mlflow_sweep import join_sweep, leave_sweep, sweep_of_this_job
+from orchard_app.tracking.mlflow_sweep import PARENT_TAG, join_sweep, leave_sweep, sweep_of_this_job
 
 log = logging.getLogger("orchard_app.tracking")
 
 # Files of a run dir logged as artifacts (missing ones are skipped). Add new outputs here.
-RESULT_ARTIFACTS = ("report.md", "metrics.json", "figures", "predictions_test.csv",
-                    "exports/model.onnx", "exports/model_int8.onnx", "exports/benchmark.json")  # fmt: skip
+EXPORT_ARTIFACTS = tuple(f"{layout.EXPORTS_DIR}/{name}"
+                         for name in (layout.ONNX_FP32, layout.ONNX_INT8, layout.EXPORT_BENCHMARK))  # fmt: skip
+RESULT_ARTIFACTS = (layout.REPORT, layout.METRICS, layout.FIGURES_DIR, layout.PREDICTIONS,
+                    *EXPORT_ARTIFACTS)  # fmt: skip
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
-RECORD_ARTIFACTS = ("provenance.json", "requirements.txt", "logs", ".hydra")
+RECORD_ARTIFACTS = (layout.PROVENANCE, layout.REQUIREMENTS, layout.LOGS_DIR, layout.HYDRA_DIR)
 OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
 EPOCH_METRICS_SKIP = ("epoch",)
 
@@ -88,7 +91,7 @@ class MlflowTracker:
                 self.client.set_tag(self.run_id, OUTCOME_TAG, str(outcome))
                 if getattr(exc, "epoch", None) is not None:
                     self.client.set_tag(self.run_id, "orchard.stopped_at_epoch", str(exc.epoch))
-                self.log_artifacts(RECORD_ARTIFACTS)
+                log_files(self.client, self.run_id, self.run_dir, RECORD_ARTIFACTS)
         finally:
             self.client.set_terminated(self.run_id, MLFLOW_STATUS[outcome])
             if self.parent_id is not None:
@@ -110,14 +113,10 @@ class MlflowTracker:
         with self._tolerant("the final metrics"):
             self.client.log_batch(self.run_id, metrics=metrics)
         with self._tolerant("the result files"):
-            self.log_artifacts(RESULT_ARTIFACTS)
-        if self.sweep is None:  # a sweep says it once, under its summary (sweep_progress.py)
+            log_files(self.client, self.run_id, self.run_dir, RESULT_ARTIFACTS)
+        if self.sweep is None:  # a sweep says it once, under its summary (sweep/progress.py)
             log.info("mlflow: %s", ui_hint(self.info["mlflow_tracking_uri"], self.experiment_id,
                                            self.run_id))  # fmt: skip
-
-    def log_artifacts(self, names) -> None:
-        """Log these files or folders of the run dir (relative paths), keeping their layout."""
-        log_files(self.client, self.run_id, self.run_dir, names)
 
     # ------------------------------------------------------------------ pieces
     def _tags(self) -> dict[str, str]:
@@ -137,7 +136,7 @@ class MlflowTracker:
             tags |= {"git_commit": p["git_commit"], "git_dirty": str(p["git_dirty"]).lower(),
                      "mlflow.source.git.commit": p["git_commit"]}  # fmt: skip
         if self.sweep is not None:
-            tags |= {"mlflow.parentRunId": self.parent_id, "sweep_dir": str(self.sweep[0]),
+            tags |= {PARENT_TAG: self.parent_id, "sweep_dir": str(self.sweep[0]),
                      "job_num": self.sweep[1]}  # fmt: skip
         return {k: v for k, v in tags.items() if v}
 
