@@ -14,7 +14,8 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
     metrics.json           the run's summary: written last, so its presence means "finished"
 
 A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's study.csv,
-top_trials.md, best_config.yaml and figures/, and submitit's .submitit/ job files.
+top_trials.md, best_config.yaml and figures/, submitit's .submitit/ job files, and the
+comparison.md and comparison.csv of `python -m orchard_app.compare`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ JOBS = "jobs.jsonl"
 STUDY_CSV, TOP_TRIALS, BEST_CONFIG = "study.csv", "top_trials.md", "best_config.yaml"
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's own record of the sweep
 SUBMITIT_DIR = ".submitit"
+COMPARISON_MD, COMPARISON_CSV = "comparison.md", "comparison.csv"
 
 
 def last_checkpoint(run_dir: Path) -> Path:
