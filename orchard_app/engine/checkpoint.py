@@ -68,16 +68,8 @@ def describe(fp: dict[str, Any]) -> str:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    keys = (
-        "arch",
-        "model",
-        "dataset",
-        "in_chans",
-        "resolution",
-        "num_classes",
-        "task",
-        "parameters",
-    )
+    keys = ("arch", "model", "dataset", "in_chans", "resolution", "num_classes", "task",
+            "parameters")  # fmt: skip
     diffs = [k for k in keys if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(
@@ -137,8 +129,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def first_line(e: BaseException) -> str:
     """The first non-empty line of a library's message, whole."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _cause(e: BaseException) -> str:

@@ -44,7 +44,7 @@ FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks (each check syncs a CUDA
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The plain settings of a training run (built from the config by `runtime.assemble`)."""
+    """The plain settings of a training run (built from the config by `run.assemble`)."""
 
     epochs: int
     batch_size: int
@@ -71,7 +71,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 class Engine:
     """Runs the parts it is given (model, data pipeline, optimiser, schedule, checkpointer);
-    `runtime.assemble.assemble` builds them from a config."""
+    `run.assemble.assemble` builds them from a config."""
 
     def __init__(
         self,
@@ -268,10 +268,7 @@ class Engine:
             labels = [self.group.gather(torch.cat(labels), len(split))]
             loss_sum = self.group.sum(loss_sum)
         probs_np, labels_np = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-        metrics = {
-            "loss": loss_sum / len(labels_np),
-            **compute_metrics(self.info.task, labels_np, probs_np),
-        }
+        metrics = {"loss": loss_sum / len(labels_np), **compute_metrics(self.info.task, labels_np, probs_np)}  # fmt: skip
         return self.group.broadcast(metrics), probs_np, labels_np
 
     def load_best(self) -> None:

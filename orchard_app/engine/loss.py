@@ -58,9 +58,7 @@ class LossRecipe:
         y = self.train_labels[idx.to(self.train_labels.device)].view(-1)
         return float(self.class_weight[y.to(self.class_weight.device)].sum())
 
-    def mixup(
-        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixup(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)

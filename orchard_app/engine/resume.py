@@ -126,10 +126,8 @@ def restore(engine, path: Path) -> None:
     where = f"epoch {st['epoch'] + 1}, step {st['step']}" if st["step"] else f"the end of epoch {st['epoch']}"  # fmt: skip
     log.info("resumed from %s at %s", path, where)
     for key, (old, new) in applied.items():
-        log.warning(
-            "resume: optimizer.%s=%s applied to the restored optimizer (the checkpoint had %s)",
-            key, new, old,
-        )  # fmt: skip
+        log.warning("resume: optimizer.%s=%s applied to the restored optimizer (the checkpoint "
+                    "had %s)", key, new, old)  # fmt: skip
     engine.resumed_config = ckpt.get("config") or {}
 
 

@@ -47,9 +47,7 @@ def write_metrics(path: Path, summary: RunSummary) -> None:
     atomic_write(path, json.dumps(clean_json(summary.to_dict()), indent=2) + "\n")
 
 
-def write_predictions(
-    path: Path, task: str, labels: np.ndarray, probs: np.ndarray, names: list[str]
-) -> None:
+def write_predictions(path: Path, task: str, labels: np.ndarray, probs: np.ndarray, names: list[str]) -> None:  # fmt: skip
     """One row per test sample: index, true label(s), prediction(s), a probability per class."""
     pred = predictions(task, probs)
     cols = [re.sub(r"\W+", "_", n.strip()).strip("_") or f"class_{i}" for i, n in enumerate(names)]

@@ -26,21 +26,16 @@ def _fmt(v: Any) -> str:
     return "n/a" if missing else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
-def write_report(
-    path: Path, summary: RunSummary, config: dict[str, Any], figures: list[str]
-) -> None:
+def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figures: list[str]) -> None:  # fmt: skip
     ds, model, test, mon = summary.dataset, summary.model, summary.test, summary.monitor
+    capped = ds["train_samples"] != ds["counts"]["train"]
     lines = [
         f"# {ds['name']} · {model['name']} — run report",
         "",
         f"Task **{ds['task']}**, {ds['num_classes']} {'labels' if ds['task'] == 'multi-label' else 'classes'}, "
         f"{ds['in_chans']}x{ds['resolution']}x{ds['resolution']} input; train/val/test = "
         f"{ds['train_samples']}/{ds['counts']['val']}/{ds['counts']['test']} samples"
-        + (
-            f" (training capped from {ds['counts']['train']})"
-            if ds["train_samples"] != ds["counts"]["train"]
-            else ""
-        )
+        + (f" (training capped from {ds['counts']['train']})" if capped else "")
         + ".",
         f"Model {model['name']} ({model['parameters']:,} parameters{', ImageNet-pretrained' if model['pretrained'] else ''}); "
         f"{summary.epochs_run} epoch(s) on {summary.device}"
