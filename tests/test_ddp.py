@@ -134,7 +134,7 @@ def test_shares_of_the_loss_average_to_the_whole_batch_loss(tmp_path, overrides)
     logits = torch.randn(15, 3)
     whole = engine._loss(logits, target, train=True)
     engine.group = TwoProcesses()
-    denominator = engine._denominator(idx)
+    denominator = engine.loss.denominator(idx)
     shares = [engine._loss(logits[p], target[p], True, denominator) for p in (slice(0, 8), slice(8, 15))]  # fmt: skip
     assert torch.allclose((shares[0] + shares[1]) / 2, whole, rtol=1e-6)
 

@@ -149,13 +149,13 @@ def test_label_smoothing_and_class_weights_change_the_loss(tiny_npz, tmp_path):
     )
     counts = weighted.pipeline.data.class_counts()
     expected = counts.sum() / (len(counts) * counts)
-    assert torch.allclose(weighted.class_weight, expected)
+    assert torch.allclose(weighted.loss.class_weight, expected)
 
 
 def test_mixup_mixes_inputs_and_soft_targets(tiny_npz, tmp_path):
     engine = make_engine(tmp_path, tiny_npz, "training.mixup_alpha=0.4")
     x, y = engine.pipeline.train_batch(torch.arange(16), engine.gen)
-    mixed, target = engine._mixup(x, y)
+    mixed, target = engine.loss.mixup(x, y, engine.gen)
     assert mixed.shape == x.shape and not torch.equal(mixed, x)
     assert target.shape == (16, 3) and torch.allclose(target.sum(1), torch.ones(16))
     assert ((target > 0) & (target < 1)).any()

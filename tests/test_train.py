@@ -36,6 +36,8 @@ def test_one_epoch_on_tiny_data_writes_the_run_directory(tiny_npz, tmp_path):
                  "predictions_test.csv", "provenance.json", "requirements.txt"):  # fmt: skip
         assert (run / name).is_file(), name
     assert "epoch 1/1" in (run / "logs" / "run.log").read_text()
+    written = {n: (run / n).stat().st_mtime_ns for n in ("predictions_test.csv", "report.md")}
+    assert (run / "metrics.json").stat().st_mtime_ns >= max(written.values())  # last: "finished"
 
 
 def test_returns_the_monitored_value(tiny_npz, tmp_path):

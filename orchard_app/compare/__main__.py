@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchard_app.compare import METRICS, compare, to_markdown, write
+from orchard_app.compare import compare, to_markdown, write
 from orchard_app.errors import OrchardError, print_error
+from orchard_app.rundir.layout import METRICS
 
 EPILOG = """examples:
   python -m orchard_app -m experiment=medmnist_v2 dataset=breastmnist training.seed=0,1,2

@@ -17,6 +17,7 @@ import torch
 
 from orchard_app.atomic import atomic_path
 from orchard_app.errors import CheckpointError, StorageError
+from orchard_app.rundir.layout import LAST_CHECKPOINT
 
 FORMAT = 1
 
@@ -35,7 +36,7 @@ class Checkpointer:
 
     @property
     def last(self) -> Path:
-        return self.directory / "last.pt"
+        return self.directory / LAST_CHECKPOINT
 
     def save(self, name: str, payload: dict[str, Any]) -> None:
         if self.enabled:
@@ -67,16 +68,8 @@ def describe(fp: dict[str, Any]) -> str:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    keys = (
-        "arch",
-        "model",
-        "dataset",
-        "in_chans",
-        "resolution",
-        "num_classes",
-        "task",
-        "parameters",
-    )
+    keys = ("arch", "model", "dataset", "in_chans", "resolution", "num_classes", "task",
+            "parameters")  # fmt: skip
     diffs = [k for k in keys if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(
@@ -125,7 +118,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # truncated, or not a torch file at all
         raise CheckpointError(
             f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: "
-            f"{_first_line(e)})"
+            f"{first_line(e)})"
         ) from None
     if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
         raise CheckpointError(
@@ -134,10 +127,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """The first non-empty line of a library's message, whole."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _cause(e: BaseException) -> str:

@@ -5,9 +5,8 @@ In a multi-process run (`group`, see collective.py) every process walks the same
 batches: each trains on its share of each one and evaluates its share of each split, and
 the processes agree on every stop (a signal, a non-finite loss, a callback's decision).
 
-State that must survive an interruption lives in `TrainState` and goes into last.pt together
-with the model, optimiser, schedule, scaler and RNG states, so a resumed run (even one stopped
-mid-epoch) continues exactly where it stopped.
+What survives an interruption, and how it is saved and restored, is resume.py; the loss
+recipe (label smoothing, class weights, mixup) is loss.py.
 """
 
 from __future__ import annotations
@@ -15,51 +14,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from orchard_app.data.pipeline import BatchPipeline
 from orchard_app.distributed.collective import SingleProcess
-from orchard_app.engine.checkpoint import Checkpointer, check_compatible, load_checkpoint
+from orchard_app.engine.checkpoint import Checkpointer
 from orchard_app.engine.interrupts import StopSignals
+from orchard_app.engine.loss import LossRecipe
 from orchard_app.engine.optim import Schedule
-from orchard_app.engine.precision import amp_dtype as amp_dtype  # (its former home)
+from orchard_app.engine.resume import EpochRecord, TrainState, capture, restore
 from orchard_app.errors import CheckpointError, DataError, NonFiniteLossError, TrainingInterrupted
 from orchard_app.evaluation.metrics import compute_metrics
+from orchard_app.rundir.layout import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 log = logging.getLogger("orchard_app.engine")
 
-EpochCallback = Callable[[dict[str, Any], "Engine"], None]  # after validation and checkpoints
+EpochCallback = Callable[[EpochRecord, "Engine"], None]  # after validation and checkpoints
 StepHook = Callable[["Engine"], None]  # after each training step (state.step is updated)
 FINITE_CHECK_EVERY = 10  # steps between NaN/inf checks (each check syncs a CUDA stream)
 
 
-@dataclass
-class TrainState:
-    epoch: int = 0  # completed epochs
-    step: int = 0  # completed steps of the current epoch (non-zero only mid-epoch)
-    order: torch.Tensor | None = None  # sample order of the current epoch, while mid-epoch
-    epoch_losses: torch.Tensor | None = None  # per-step training losses of the current epoch
-    best_value: float | None = None
-    best_epoch: int | None = None
-    best_loss: float = math.inf  # val loss at the best epoch (breaks ties on the monitor)
-    bad_epochs: int = 0  # epochs since the monitored value last improved
-    stopped_early: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class EngineSettings:
-    """The plain settings of a training run (built from the config by `runtime.assemble`)."""
+    """The plain settings of a training run (built from the config by `run.assemble`)."""
 
     epochs: int
     batch_size: int
@@ -87,7 +72,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 class Engine:
     """Runs the parts it is given (model, data pipeline, optimiser, schedule, checkpointer);
-    `runtime.assemble.assemble` builds them from a config."""
+    `run.assemble.assemble` builds them from a config."""
 
     def __init__(
         self,
@@ -114,7 +99,7 @@ class Engine:
         self.steps_per_epoch = steps_per_epoch(len(pipeline.data.train), self.batch_size)
         self.amp_dtype = settings.amp_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.class_weight = self._class_weights() if settings.class_weighted_loss else None
+        self.loss = LossRecipe.for_data(pipeline.data, settings, device)
         self.gen = torch.Generator().manual_seed(settings.seed)  # data order, augmentation, mixup
         self.callbacks, self.step_hooks = list(callbacks), list(step_hooks)
         self.stop = stop or StopSignals()
@@ -126,7 +111,7 @@ class Engine:
 
     @property
     def shape(self) -> dict[str, int]:
-        """What fixes the epoch's steps; a mid-epoch resume needs the same (see `resume`)."""
+        """What fixes the epoch's steps; a mid-epoch resume needs the same (see resume.py)."""
         return {"train_samples": len(self.pipeline.data.train), "batch_size": self.batch_size,
                 "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}  # fmt: skip
 
@@ -146,7 +131,7 @@ class Engine:
                     raise self._interrupted()
         return s
 
-    def _run_callbacks(self, record: dict[str, Any]) -> None:
+    def _run_callbacks(self, record: EpochRecord) -> None:
         for callback in self.callbacks:
             callback(record, self)
 
@@ -182,27 +167,17 @@ class Engine:
         return float(s.epoch_losses.mean().item())
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-        """Inputs, targets and loss denominator (see `_loss`) of this process's share of the
-        global batch `idx`. Every process draws the augmentation and mixup of the whole batch
-        from the same generator state, so N processes train on the batches of one."""
+        """Inputs, targets and loss denominator (see `LossRecipe`) of this process's share of
+        the global batch `idx`. Every process draws the augmentation and mixup of the whole
+        batch from the same generator state, so N processes train on the batches of one."""
         part = self.group.shard(len(idx))
-        if self.settings.mixup_alpha > 0:  # mixing partners come from the whole batch
-            x, target = self._mixup(*self.pipeline.train_batch(idx, self.gen))
+        if self.loss.mixup_alpha > 0:  # mixing partners come from the whole batch
+            x, target = self.loss.mixup(*self.pipeline.train_batch(idx, self.gen), self.gen)
             if part is not None:
                 x, target = x[part], target[part]
         else:
             x, target = self.pipeline.train_batch(idx, self.gen, part)
-        return x, target, None if part is None else self._denominator(idx)
-
-    def _denominator(self, idx: torch.Tensor) -> float:
-        """What the mean-reduced training loss of the whole batch `idx` divides by."""
-        if self.info.multilabel:
-            return float(len(idx) * self.info.num_classes)
-        if self.class_weight is None or self.settings.mixup_alpha > 0:  # soft targets: per sample
-            return float(len(idx))
-        labels = self.pipeline.data.train.labels
-        y = labels[idx.to(labels.device)].view(-1).to(self.class_weight.device)
-        return float(self.class_weight[y].sum())
+        return x, target, None if part is None else self.loss.denominator(idx)
 
     def _train_step(
         self, x: torch.Tensor, target: torch.Tensor, denominator: float | None = None
@@ -221,27 +196,23 @@ class Engine:
 
     def _end_epoch(
         self, train_loss: float, val: dict[str, float], times: tuple[float, float]
-    ) -> dict:
+    ) -> EpochRecord:
         s = self.state
         epoch = s.epoch + 1
-        record = {
-            "epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
-            "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(sum(times), 3),
-            "train_seconds": round(times[0], 3), "val_seconds": round(times[1], 3),
-        }  # fmt: skip
+        record = EpochRecord(
+            epoch=epoch, train_loss=train_loss, **{f"val_{k}": v for k, v in val.items()},
+            lr=self.optimizer.param_groups[0]["lr"], seconds=round(sum(times), 3),
+            train_seconds=round(times[0], 3), val_seconds=round(times[1], 3),
+        )  # fmt: skip
         value = record[self.monitor]
-        improved = self._improves(value, record["val_loss"])
+        improved = self._improves(value, record.val_loss)
         if improved:
-            s.best_value, s.best_epoch, s.best_loss, s.bad_epochs = (
-                value,
-                epoch,
-                record["val_loss"],
-                0,
-            )
+            s.best_value, s.best_epoch, s.best_loss, s.bad_epochs = value, epoch, record.val_loss, 0
             self.best_model_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
-            self.checkpoints.save("best.pt", self._best_payload(record))
+            best = {"model": self.best_model_state, "epoch": epoch, "metrics": record.to_dict()}
+            self.checkpoints.save(BEST_CHECKPOINT, best)
         else:
             s.bad_epochs += 1
         if self.settings.patience and s.bad_epochs >= self.settings.patience:
@@ -298,10 +269,7 @@ class Engine:
             labels = [self.group.gather(torch.cat(labels), len(split))]
             loss_sum = self.group.sum(loss_sum)
         probs_np, labels_np = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-        metrics = {
-            "loss": loss_sum / len(labels_np),
-            **compute_metrics(self.info.task, labels_np, probs_np),
-        }
+        metrics = {"loss": loss_sum / len(labels_np), **compute_metrics(self.info.task, labels_np, probs_np)}  # fmt: skip
         return self.group.broadcast(metrics), probs_np, labels_np
 
     def load_best(self) -> None:
@@ -324,42 +292,8 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loss(
-        self, logits: torch.Tensor, target: torch.Tensor, train: bool,
-        denominator: float | None = None,
-    ) -> torch.Tensor:  # fmt: skip
-        """The mean loss; with `denominator` (one process's share of a global batch), this
-        share's summed loss / the whole batch's mean denominator x the number of processes:
-        averaged over the processes (as DDP averages gradients), the whole batch's mean loss,
-        even for unequal shares and class weights."""
-        smoothing = self.settings.label_smoothing if train else 0.0
-        weight = self.class_weight if train else None
-        reduction = "mean" if denominator is None else "sum"
-        if self.info.multilabel:
-            target = target.float()
-            if smoothing:
-                target = target * (1 - smoothing) + smoothing / 2
-            loss = F.binary_cross_entropy_with_logits(
-                logits, target, pos_weight=weight, reduction=reduction
-            )
-        else:
-            loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=smoothing,
-                                   reduction=reduction)  # fmt: skip
-        return loss if denominator is None else loss * (self.group.world_size / denominator)
-
-    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen))
-        alpha = self.settings.mixup_alpha
-        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-        perm = torch.randperm(x.shape[0], generator=self.gen).to(x.device)
-        target = y.float() if self.info.multilabel else F.one_hot(y, self.info.num_classes).float()
-        return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-
-    def _class_weights(self) -> torch.Tensor:
-        counts = self.pipeline.data.class_counts().clamp(min=1)
-        if self.info.multilabel:  # BCE pos_weight: negatives per positive, per label
-            return ((len(self.pipeline.data.train) - counts) / counts).to(self.device)
-        return (counts.sum() / (len(counts) * counts)).to(self.device)
+    def _loss(self, logits, target, train: bool, denominator: float | None = None):
+        return self.loss(logits, target, train, denominator, self.group.world_size)
 
     def _check_finite(self, start: int, end: int) -> None:
         """Raise for a non-finite loss among steps [start, end); the losses are averaged over
@@ -393,203 +327,36 @@ class Engine:
         import signal
 
         s, signum = self.state, self.stop.signum or signal.SIGTERM
-        where = (
-            f"epoch {s.epoch + 1}, step {s.step}/{self.steps_per_epoch}"
-            if s.step
-            else f"the end of epoch {s.epoch}"
-        )
+        where = f"epoch {s.epoch + 1}, step {s.step}/{self.steps_per_epoch}" if s.step else f"the end of epoch {s.epoch}"  # fmt: skip
         last = self.checkpoints.last.resolve()
-        saved = f"saved {last}" if self.checkpoints.enabled else "rank 0 saved last.pt"
+        saved = f"saved {last}" if self.checkpoints.enabled else f"rank 0 saved {LAST_CHECKPOINT}"
         error = self.stop.error(
             f"stopped by {signal.Signals(signum).name} at {where}; {saved}", signum
         )
         error.checkpoint = str(last)
         return self.group.together(error)
 
-    def _log_epoch(self, r: dict[str, Any], improved: bool) -> None:
+    def _log_epoch(self, r: EpochRecord, improved: bool) -> None:
         s = self.state
-        done = [h["seconds"] for h in s.history[-5:]]
+        done = [h.seconds for h in s.history[-5:]]
         eta = (self.epochs - s.epoch) * (sum(done) / len(done)) if not s.stopped_early else 0
-        extra = "".join(
-            f"  {k} {r[k]:.4f}"
-            for k in ("val_loss", "val_accuracy", "val_auc")
-            if k != self.monitor
-        )
+        extra = "".join(f"  {k} {r[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_auc") if k != self.monitor)  # fmt: skip
         line = (
-            f"epoch {r['epoch']:>{len(str(self.epochs))}}/{self.epochs}  loss {r['train_loss']:.4f}  "
-            f"{self.monitor} {r[self.monitor]:.4f}{' *' if improved else '  '}{extra}  lr {r['lr']:.2e}  "
-            f"{r['seconds']:.1f}s  ETA {_duration(eta)}"
+            f"epoch {r.epoch:>{len(str(self.epochs))}}/{self.epochs}  loss {r.train_loss:.4f}  "
+            f"{self.monitor} {r[self.monitor]:.4f}{' *' if improved else '  '}{extra}  lr {r.lr:.2e}  "
+            f"{r.seconds:.1f}s  ETA {_duration(eta)}"
         )
         if s.stopped_early:
             line += f"  (early stop: no improvement for {self.settings.patience} epochs)"
-        log.info("epoch", extra={"console": line, "fields": r})
+        log.info("epoch", extra={"console": line, "fields": r.to_dict()})
 
     # ------------------------------------------------------------------ checkpoints
-    def _best_payload(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"model": self.best_model_state, "epoch": record["epoch"], "metrics": record}
-
     def save_last(self) -> None:
-        s = self.state
-        payload = {
-            "shape": self.shape,
-            "model": self.model.state_dict(),
-            "best_model": self.best_model_state,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "state": {
-                "epoch": s.epoch,
-                "step": s.step,
-                "best_value": s.best_value,
-                "best_epoch": s.best_epoch,
-                "best_loss": s.best_loss,
-                "bad_epochs": s.bad_epochs,
-                "stopped_early": s.stopped_early,
-                "history": s.history,
-                "order": s.order,
-                "epoch_losses": None if s.epoch_losses is None else s.epoch_losses.cpu(),
-            },  # fmt: skip
-            "rng": _rng_state(self.gen),
-        }
-        if self.group.world_size > 1:  # every process's own torch RNG (dropout masks)
-            payload["rng_ranks"] = self.group.all_gather_object(payload["rng"])
-        self.checkpoints.save("last.pt", payload)
+        self.checkpoints.save(LAST_CHECKPOINT, capture(self))
 
     def resume(self, path: Path) -> None:
-        """Continue from a last.pt: refused when it is not this run's kind of checkpoint, when
-        the epoch's shape changed, or when it is incomplete; optimizer settings given now win."""
-        ckpt = load_checkpoint(path)
-        check_compatible(ckpt["fingerprint"], self.checkpoints.fingerprint, path)
-        if "optimizer" not in ckpt:
-            raise CheckpointError(
-                f"{path} holds model weights only (a best.pt); resume from last.pt of the same run"
-            )
-        try:
-            st = ckpt["state"]
-            self._check_shape(ckpt.get("shape") or {}, st, path)
-            self.model.load_state_dict(ckpt["model"])
-            fresh = _hyper_params(self.optimizer)
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.schedule.load_state_dict(ckpt["schedule"])
-            applied = _apply_hyper_params(self.optimizer, self.schedule, fresh)
-            self.scaler.load_state_dict(ckpt["scaler"])
-            best_model = ckpt["best_model"]
-            self.state = TrainState(
-                epoch=st["epoch"], step=st["step"], order=st["order"], best_value=st["best_value"],
-                best_epoch=st["best_epoch"], best_loss=st["best_loss"], bad_epochs=st["bad_epochs"],
-                stopped_early=st["stopped_early"], history=list(st["history"]),
-                epoch_losses=None if st["epoch_losses"] is None else st["epoch_losses"].to(self.device),
-            )  # fmt: skip
-            ranks = ckpt.get("rng_ranks") or []
-            own = ranks[self.group.rank] if len(ranks) == self.group.world_size else ckpt["rng"]
-            _set_rng_state(own, self.gen)
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
-            raise CheckpointError(
-                f"{path} is not a complete checkpoint of this run ({type(e).__name__}: "
-                f"{_first_line(e)}).\n  Resume from the last.pt that this run wrote, or drop "
-                "training.resume to start fresh."
-            ) from None
-        self.best_model_state = best_model
-        self.resumed_from = str(path)
-        where = (
-            f"epoch {st['epoch'] + 1}, step {st['step']}"
-            if st["step"]
-            else f"the end of epoch {st['epoch']}"
-        )
-        log.info("resumed from %s at %s", path, where)
-        for key, (old, new) in applied.items():
-            log.warning(
-                "resume: optimizer.%s=%s applied to the restored optimizer (the checkpoint had %s)",
-                key, new, old,
-            )  # fmt: skip
-        self.resumed_config = ckpt.get("config") or {}
-
-    def _check_shape(self, saved: dict[str, int], st: dict[str, Any], path: Path) -> None:
-        """Settings that fix the epoch's steps must match mid-epoch; a schedule that depends on
-        the number of epochs or steps must see the same numbers at any point."""
-        keys = list(self.schedule.depends_on)
-        if st["step"]:
-            keys += ["train_samples", "batch_size", "steps_per_epoch"]
-        now = self.shape
-        changed = [k for k in dict.fromkeys(keys) if k in saved and saved[k] != now[k]]
-        if changed:
-            names = {"train_samples": "training samples (dataset.max_samples)",
-                     "batch_size": "training.batch_size", "epochs": "training.epochs",
-                     "steps_per_epoch": "steps per epoch"}  # fmt: skip
-            diffs = "; ".join(
-                f"{names[k]}: {saved[k]} in the checkpoint, {now[k]} now" for k in changed
-            )
-            where = (
-                "in the middle of an epoch"
-                if st["step"]
-                else f"with scheduler {self.schedule.name}"
-            )
-            raise CheckpointError(
-                f"{path} cannot be resumed {where} with these settings: {diffs}.\n"
-                "  Resume with the checkpoint's values, or drop training.resume to start fresh."
-            )
-
-
-def _hyper_params(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    keys = ("initial_lr", "lr", "weight_decay", "momentum", "nesterov", "betas")
-    return [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
-
-
-def _apply_hyper_params(optimizer, schedule: Schedule, fresh: list[dict]) -> dict[str, tuple]:
-    """After loading an optimizer's state, put back the hyper-parameters of the config in
-    effect now (so `optimizer.lr=...` on resume does what it says); the learning rate keeps
-    the schedule's position: every lr-like value is scaled by new base / old base."""
-    applied: dict[str, tuple] = {}
-    for i, (group, want) in enumerate(zip(optimizer.param_groups, fresh, strict=True)):
-        old_base = group.get("initial_lr", group["lr"])
-        new_base = want.get("initial_lr", want["lr"])
-        if old_base != new_base and old_base > 0:
-            ratio = new_base / old_base
-            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-                if key in group:
-                    group[key] = group[key] * ratio
-            if schedule.scheduler is not None and hasattr(schedule.scheduler, "base_lrs"):
-                schedule.scheduler.base_lrs[i] *= ratio
-            applied.setdefault("lr", (old_base, new_base))
-        for key in ("weight_decay", "momentum", "nesterov", "betas"):
-            if key in want and group.get(key) != want[key]:
-                applied.setdefault(key, (group[key], want[key]))
-                group[key] = want[key]
-    return applied
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "data": gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {
-            **np_state,
-            "state": {
-                "key": np_state["state"]["key"].tolist(),
-                "pos": int(np_state["state"]["pos"]),
-            },
-        },
-    }
-
-
-def _set_rng_state(rng: dict[str, Any], gen: torch.Generator) -> None:
-    gen.set_state(rng["data"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    st = dict(rng["numpy"])
-    st["state"] = {"key": np.array(st["state"]["key"], dtype=np.uint32), "pos": st["state"]["pos"]}
-    np.random.set_state(st)
+        """Continue from a last.pt (see resume.py)."""
+        restore(self, path)
 
 
 def _duration(seconds: float) -> str:

@@ -98,12 +98,7 @@ def build_schedule(
             "epoch", "step",
         )  # fmt: skip
     if sch.name == "plateau":
-        plateau = lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode=mode,
-            factor=float(sch.gamma),
-            patience=int(sch.patience),
-            min_lr=float(sch.min_lr),
-        )
+        plateau = lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=float(sch.gamma),
+                                                 patience=int(sch.patience), min_lr=float(sch.min_lr))  # fmt: skip
         return Schedule(plateau, "plateau", "plateau")
     return Schedule(None, "none")

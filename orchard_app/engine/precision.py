@@ -42,19 +42,13 @@ def auto_amp_dtype(hardware, device: torch.device) -> tuple[torch.dtype | None, 
         if str(hardware.amp_dtype) == "fp16":
             return torch.float16, "fp16 autocast (hardware.amp_dtype=fp16 on CUDA)"
         if torch.cuda.is_bf16_supported(including_emulation=False):
-            return (
-                torch.bfloat16,
-                f"bf16 autocast: {torch.cuda.get_device_name(device)} computes bf16 natively",
-            )
+            return torch.bfloat16, f"bf16 autocast: {torch.cuda.get_device_name(device)} computes bf16 natively"  # fmt: skip
         return None, (f"fp32: {torch.cuda.get_device_name(device)} has no native bf16 "
                       "(hardware.amp=true hardware.amp_dtype=fp16 for fp16 autocast)")  # fmt: skip
     if device.type == "cpu":
         flags = cpu_bf16_flags()
         if flags:
-            return (
-                torch.bfloat16,
-                f"bf16 autocast: this CPU computes bf16 natively ({', '.join(flags)})",
-            )
+            return torch.bfloat16, f"bf16 autocast: this CPU computes bf16 natively ({', '.join(flags)})"  # fmt: skip
         return None, ("fp32: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag); "
                       "hardware.amp=true uses bf16 anyway (emulated; bench/amp_speed.py measures it)")  # fmt: skip
     return None, f"fp32 (no automatic mixed precision on {device.type})"

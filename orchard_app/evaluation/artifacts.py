@@ -1,4 +1,5 @@
-"""metrics.json and predictions_test.csv: the machine-readable results of a run."""
+"""A run's results: metrics.json and predictions_test.csv (machine-readable), the figures and
+report.md; each file written atomically (a reader never sees half a file)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from orchard_app.atomic import atomic_path, atomic_write
+from orchard_app.evaluation.figures import run_figures
 from orchard_app.evaluation.metrics import predictions
+from orchard_app.evaluation.report import write_report
+from orchard_app.evaluation.summary import RunSummary
+from orchard_app.rundir.layout import PREDICTIONS, REPORT
 
 
 def clean_json(value: Any) -> Any:
@@ -25,17 +31,27 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def write_metrics(path: Path, summary: dict[str, Any]) -> None:
-    path.write_text(json.dumps(clean_json(summary), indent=2) + "\n")
+def write_results(run_dir: Path, summary: RunSummary, config: dict, data, labels: np.ndarray,
+                  probs: np.ndarray, evaluation) -> None:  # fmt: skip
+    """predictions_test.csv, the figures (`evaluation.figures`) and report.md; metrics.json
+    comes last, from `train()`, once everything else is written."""
+    names = list(data.info.label_names)
+    write_predictions(run_dir / PREDICTIONS, data.info.task, labels, probs, names)
+    figures = []
+    if evaluation.figures:
+        figures = run_figures(run_dir, summary, data, labels, probs, evaluation.sample_grid)
+    write_report(run_dir / REPORT, summary, config, figures)
 
 
-def write_predictions(
-    path: Path, task: str, labels: np.ndarray, probs: np.ndarray, names: list[str]
-) -> None:
+def write_metrics(path: Path, summary: RunSummary) -> None:
+    atomic_write(path, json.dumps(clean_json(summary.to_dict()), indent=2) + "\n")
+
+
+def write_predictions(path: Path, task: str, labels: np.ndarray, probs: np.ndarray, names: list[str]) -> None:  # fmt: skip
     """One row per test sample: index, true label(s), prediction(s), a probability per class."""
     pred = predictions(task, probs)
     cols = [re.sub(r"\W+", "_", n.strip()).strip("_") or f"class_{i}" for i, n in enumerate(names)]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         if task == "multi-label":
             w.writerow(

@@ -1,4 +1,5 @@
-"""Figures for the report: training curves, confusion matrix, ROC curves, sample predictions.
+"""Figures for the report: training curves, confusion matrix (or per-label AUC), ROC curves,
+sample predictions; `run_figures` draws a run's set into <run dir>/figures/.
 
 Drawn with matplotlib's Agg backend at a modest dpi (legible, and about a second for all four).
 """
@@ -10,7 +11,45 @@ from typing import Any
 
 import numpy as np
 
+from orchard_app.evaluation.metrics import confusion
+from orchard_app.rundir.layout import FIGURES_DIR
+
 DPI = 110
+
+
+def run_figures(run_dir: Path, summary, data, labels: np.ndarray, probs: np.ndarray,
+                samples: int) -> list[str]:  # fmt: skip
+    """Draw a run's figures; returns their paths relative to the run dir, for the report."""
+    info, names = data.info, list(data.info.label_names)
+    (run_dir / FIGURES_DIR).mkdir(exist_ok=True)
+    made: list[str] = []
+
+    def path(name: str) -> Path:
+        made.append(f"{FIGURES_DIR}/{name}")
+        return run_dir / made[-1]
+
+    training_curves(path("training_curves.png"), summary.history, summary.monitor["name"],
+                    summary.best_epoch)  # fmt: skip
+    if info.multilabel:
+        from sklearn.metrics import roc_auc_score
+
+        aucs = {
+            n: float(roc_auc_score(labels[:, i], probs[:, i]))
+            for i, n in enumerate(names)
+            if 0 < labels[:, i].sum() < len(labels)
+        }
+        per_label_auc(path("auc_per_label.png"), aucs)
+    else:
+        confusion_matrix(path("confusion_matrix.png"), confusion(labels, probs, len(names)), names)
+    roc_curves(path("roc_curves.png"), info.task, labels, probs, names)
+    n = min(int(samples), len(labels))
+    if n:
+        import torch
+
+        idx = np.random.default_rng(0).choice(len(labels), size=n, replace=False)
+        sample = data.test.rows(torch.from_numpy(idx)).cpu().numpy()
+        sample_grid(path("test_samples.png"), sample, labels[idx], probs[idx], names, info.task)
+    return made
 
 
 def _plt():
@@ -20,6 +59,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 def _short(name: str, n: int = 22) -> str:
@@ -51,9 +96,7 @@ def training_curves(
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def confusion_matrix(path: Path, cm: np.ndarray, names: list[str]) -> None:
@@ -77,9 +120,7 @@ def confusion_matrix(path: Path, cm: np.ndarray, names: list[str]) -> None:
             for j in range(n):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7 if n > 10 else 8,
                         color="white" if row[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def roc_curves(
@@ -99,31 +140,18 @@ def roc_curves(
     for k, (name, positive, score) in enumerate(curves):
         if 0 < positive.sum() < len(positive):
             fpr, tpr, _ = roc_curve(positive, score)
-            ax.plot(
-                fpr,
-                tpr,
-                lw=1.4,
-                color=cmap(k % cmap.N),
-                label=f"{_short(name)} ({auc(fpr, tpr):.3f})",
-            )
+            ax.plot(fpr, tpr, lw=1.4, color=cmap(k % cmap.N),
+                    label=f"{_short(name)} ({auc(fpr, tpr):.3f})")  # fmt: skip
     ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves (test, one-vs-rest)",
            xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
     ax.legend(fontsize=7, loc="lower right", title="class (AUC)", title_fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
-def sample_grid(
-    path: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    probs: np.ndarray,
-    names: list[str],
-    task: str,
-) -> None:
+def sample_grid(path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                names: list[str], task: str) -> None:  # fmt: skip
     """Test images with true and predicted labels (green = right, red = wrong); images N x C x H x W uint8."""
     plt = _plt()
     n = len(images)
@@ -135,10 +163,8 @@ def sample_grid(
         if k >= n:
             continue
         img = images[k]
-        ax.imshow(
-            img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
-            cmap="gray" if img.shape[0] == 1 else None,
-        )
+        gray = img.shape[0] == 1
+        ax.imshow(img[0] if gray else img.transpose(1, 2, 0), cmap="gray" if gray else None)
         if task == "multi-label":
             true = {names[i] for i in np.flatnonzero(labels[k])}
             pred = {names[i] for i in np.flatnonzero(probs[k] > 0.5)}
@@ -150,9 +176,7 @@ def sample_grid(
             text = f"T: {_short(names[t], 16)}\nP: {_short(names[p], 16)} {probs[k, p]:.2f}"
         ax.set_title(text, fontsize=7, color="tab:green" if ok else "tab:red", loc="left")
     fig.suptitle("Test samples: T = true, P = predicted (probability)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def per_label_auc(path: Path, aucs: dict[str, float]) -> None:
@@ -164,6 +188,4 @@ def per_label_auc(path: Path, aucs: dict[str, float]) -> None:
     ax.set(xlim=(0.4, 1), xlabel="AUC", title="AUC per label (test)")
     ax.axvline(0.5, color="gray", ls="--", lw=0.8)
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)

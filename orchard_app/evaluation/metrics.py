@@ -22,45 +22,27 @@ def predictions(task: str, probs: np.ndarray) -> np.ndarray:
 def compute_metrics(task: str, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-    pred = predictions(task, probs)
+    pred, y = predictions(task, probs), y_true.astype(np.int64)
     if task == "multi-label":
-        y = y_true.astype(np.int64)
-        aucs = [
-            roc_auc_score(y[:, i], probs[:, i])
-            for i in range(y.shape[1])
-            if 0 < y[:, i].sum() < len(y)
-        ]
-        balanced = [balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]
-        return {
-            "accuracy": float((pred == y).mean()),
-            "balanced_accuracy": float(np.mean(balanced)),
-            "auc": float(np.mean(aucs)) if aucs else math.nan,
-            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        }
-    y = y_true.astype(np.int64)
-    if task == "binary":
-        auc = roc_auc_score(y, probs[:, 1]) if 0 < y.sum() < len(y) else math.nan
+        columns = [(y[:, i], probs[:, i]) for i in range(y.shape[1])]
+        balanced = np.mean(
+            [balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]
+        )
     else:
-        aucs = [
-            roc_auc_score(y == i, probs[:, i])
-            for i in range(probs.shape[1])
-            if 0 < (y == i).sum() < len(y)
-        ]
-        auc = float(np.mean(aucs)) if aucs else math.nan
+        classes = [1] if task == "binary" else range(probs.shape[1])
+        columns = [(y == i, probs[:, i]) for i in classes]
+        balanced = balanced_accuracy_score(y, pred)
+    aucs = [roc_auc_score(t, p) for t, p in columns if 0 < t.sum() < len(t)]  # defined per class
     return {
         "accuracy": float((pred == y).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "auc": float(auc),
+        "balanced_accuracy": float(balanced),
+        "auc": float(np.mean(aucs)) if aucs else math.nan,
         "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
     }
 
 
-def evaluate_predictor(
-    predict: Callable[[np.ndarray], np.ndarray],
-    batches: Iterable[np.ndarray],
-    labels: np.ndarray,
-    task: str,
-) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_predictor(predict: Callable[[np.ndarray], np.ndarray], batches: Iterable[np.ndarray],
+                       labels: np.ndarray, task: str) -> tuple[dict[str, float], np.ndarray]:  # fmt: skip
     """Metrics and probabilities of any predictor (raw image batch -> probabilities): a PyTorch
     module and an onnxruntime session are compared by this one function, on the same batches."""
     probs = np.concatenate([np.asarray(predict(b), dtype=np.float32) for b in batches])
@@ -78,15 +60,8 @@ def per_class_report(
     p, r, f, s = precision_recall_fscore_support(
         y_true.astype(np.int64), pred, labels=labels, zero_division=0
     )
-    return {
-        name: {
-            "precision": float(p[i]),
-            "recall": float(r[i]),
-            "f1": float(f[i]),
-            "support": int(s[i]),
-        }
-        for i, name in enumerate(names)
-    }
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                   "support": int(s[i])} for i, name in enumerate(names)}  # fmt: skip
 
 
 def confusion(y_true: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""report.md: one page that ties a run's config, metrics and figures together."""
+"""report.md: one page that ties a run's config, metrics and figures together (written
+atomically, as is its export section)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import yaml
 
 from orchard_app.atomic import atomic_write
+from orchard_app.evaluation.summary import RunSummary
+from orchard_app.rundir.layout import EXPORTS_DIR, ONNX_INT8
 
 METRIC_LABELS = {
     "accuracy": "Accuracy",
@@ -19,37 +22,28 @@ METRIC_LABELS = {
 
 
 def _fmt(v: Any) -> str:
-    return (
-        "n/a"
-        if v is None or (isinstance(v, float) and v != v)
-        else (f"{v:.4f}" if isinstance(v, float) else str(v))
-    )
+    missing = v is None or (isinstance(v, float) and v != v)
+    return "n/a" if missing else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
-def write_report(
-    path: Path, summary: dict[str, Any], config: dict[str, Any], figures: list[str]
-) -> None:
-    ds, model, test = summary["dataset"], summary["model"], summary["test"]
-    mon = summary["monitor"]
+def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figures: list[str]) -> None:  # fmt: skip
+    ds, model, test, mon = summary.dataset, summary.model, summary.test, summary.monitor
+    capped = ds["train_samples"] != ds["counts"]["train"]
     lines = [
         f"# {ds['name']} · {model['name']} — run report",
         "",
         f"Task **{ds['task']}**, {ds['num_classes']} {'labels' if ds['task'] == 'multi-label' else 'classes'}, "
         f"{ds['in_chans']}x{ds['resolution']}x{ds['resolution']} input; train/val/test = "
         f"{ds['train_samples']}/{ds['counts']['val']}/{ds['counts']['test']} samples"
-        + (
-            f" (training capped from {ds['counts']['train']})"
-            if ds["train_samples"] != ds["counts"]["train"]
-            else ""
-        )
+        + (f" (training capped from {ds['counts']['train']})" if capped else "")
         + ".",
         f"Model {model['name']} ({model['parameters']:,} parameters{', ImageNet-pretrained' if model['pretrained'] else ''}); "
-        f"{summary['epochs_run']} epoch(s) on {summary['device']}"
-        + (", stopped early" if summary["stopped_early"] else "")
-        + (f", resumed from `{summary['resumed_from']}`" if summary.get("resumed_from") else "")
-        + f"; training took {summary['train_seconds']:.0f} s.",
+        f"{summary.epochs_run} epoch(s) on {summary.device}"
+        + (", stopped early" if summary.stopped_early else "")
+        + (f", resumed from `{summary.resumed_from}`" if summary.resumed_from else "")
+        + f"; training took {summary.train_seconds:.0f} s.",
         "",
-        f"## Test results (best epoch {summary['best_epoch']} by {mon['name']} = {_fmt(mon['best_value'])})",
+        f"## Test results (best epoch {summary.best_epoch} by {mon['name']} = {_fmt(mon['best_value'])})",
         "",
         "| metric | test |",
         "| --- | --- |",
@@ -75,8 +69,8 @@ def write_report(
         "| epoch | train loss | val loss | val accuracy | val AUC | lr | s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for h in summary["history"]:
-        star = " **best**" if h["epoch"] == summary["best_epoch"] else ""
+    for h in summary.history:
+        star = " **best**" if h["epoch"] == summary.best_epoch else ""
         lines.append(
             f"| {h['epoch']}{star} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {_fmt(h['val_accuracy'])} | "
             f"{_fmt(h['val_auc'])} | {h['lr']:.2e} | {h['seconds']:.1f} |"
@@ -97,14 +91,14 @@ def write_report(
         "```",
         "",
     ]
-    path.write_text("\n".join(lines))
+    atomic_write(path, "\n".join(lines))
 
 
 EXPORT_BEGIN, EXPORT_END = "<!-- export -->", "<!-- /export -->"
 EXPORT_LABELS = {"pytorch": "PyTorch fp32", "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX INT8"}
 
 
-def export_section(bench: dict[str, Any], folder: str = "exports") -> list[str]:
+def export_section(bench: dict[str, Any], folder: str = EXPORTS_DIR) -> list[str]:
     """The "Deployment export" section: accuracy, AUC, size and latency of each model."""
     lat, dev, int8 = bench["latency"], bench["deviation"], bench.get("int8")
     sizes = lat["batch_sizes"]
@@ -159,12 +153,12 @@ def export_section(bench: dict[str, Any], folder: str = "exports") -> list[str]:
                 "",
                 f"**Warning: INT8 loses {int8['accuracy_drop_points']:.2f} accuracy points, more "
                 f"than export.max_int8_drop = {int8['max_drop_points']:g}. Check it before "
-                "shipping model_int8.onnx.**",
+                f"shipping {ONNX_INT8}.**",
             ]
     return [*lines, EXPORT_END, ""]
 
 
-def update_export_section(path: Path, bench: dict[str, Any], folder: str = "exports") -> None:
+def update_export_section(path: Path, bench: dict[str, Any], folder: str = EXPORTS_DIR) -> None:
     """Put the export section into a run's report.md: replacing an earlier one, else before
     the epoch table (or at the end)."""
     text = path.read_text(encoding="utf-8")

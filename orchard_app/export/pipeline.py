@@ -8,6 +8,8 @@ for a PyTorch module and an onnxruntime session). Used by `train()` with `export
 
 Writes <out_dir>/model.onnx (fp32), model_int8.onnx (static INT8) and benchmark.json, each
 atomically; model.onnx only after it passed the numerical check (or with export.strict=false).
+`export_run` is the list of steps, one function each: prepare, export fp32 (+ check), quantize
+INT8 (+ check), benchmark, write benchmark.json and the report section.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import datetime as dt
 import json
 import logging
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from orchard_app.atomic import atomic_path, atomic_write
 from orchard_app.config.resolvers import hash_container
 from orchard_app.evaluation.artifacts import clean_json
 from orchard_app.evaluation.metrics import evaluate_predictor, predictions
-from orchard_app.evaluation.report import update_export_section
+from orchard_app.evaluation.report import EXPORT_LABELS, update_export_section
 from orchard_app.export.assemble import ExportParts, assemble_export
 from orchard_app.export.benchmark import latency, torch_threads
 from orchard_app.export.graph import Deployable, torch_predictor
@@ -37,131 +40,160 @@ from orchard_app.export.quantize import SETTINGS as INT8_SETTINGS
 from orchard_app.export.quantize import quantize_int8
 from orchard_app.export.session import onnx_predictor, open_session
 from orchard_app.export.validate import Deviation, check_deviation, max_deviation, random_images
+from orchard_app.rundir.layout import EXPORT_BENCHMARK, EXPORTS_DIR, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger("orchard_app.export")
 
-EXPORT_DIR = "exports"
-FP32_FILE, INT8_FILE, BENCHMARK_FILE = "model.onnx", "model_int8.onnx", "benchmark.json"
-LABELS = {"pytorch": "PyTorch fp32", "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX INT8"}
+EXPORT_DIR = EXPORTS_DIR  # (the name export/__main__.py imports)
 CALIBRATION_BATCH = 32
 
 
-def export_run(
-    cfg,
-    checkpoint: Path,
-    out_dir: Path,
-    data=None,
-    ckpt: dict[str, Any] | None = None,
-    report: Path | None = None,
-) -> dict[str, Any]:
+@dataclass
+class ExportJob:
+    """What the steps share: the config, the assembled parts, where the files go, and what each
+    model has so far (its predictor; its test metrics, file, latency and size)."""
+
+    cfg: Any
+    parts: ExportParts
+    out_dir: Path
+    threads: int
+    metadata: dict[str, str]
+    deployable: Deployable
+    labels: np.ndarray  # of the test split
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predictors: dict[str, Callable] = field(default_factory=dict)
+
+    @property
+    def info(self):
+        return self.parts.data.info
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.info.channels, self.info.resolution, self.info.resolution)
+
+    def evaluate(self, key: str, predict) -> np.ndarray:
+        """Test metrics of one model into `models[key]`; returns its probabilities."""
+        test, size = self.parts.data.test, int(self.cfg.training.eval_batch_size)
+        batches = (np.ascontiguousarray(test.rows(torch.arange(i, min(i + size, len(test)))).cpu().numpy())
+                   for i in range(0, len(test), size))  # fmt: skip
+        metrics, probs = evaluate_predictor(predict, batches, self.labels, self.info.task)
+        self.models[key], self.predictors[key] = {"test": metrics}, predict
+        return probs
+
+
+def export_run(cfg, checkpoint: Path, out_dir: Path, data=None, ckpt: dict[str, Any] | None = None,
+               report: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Export, check, quantize and benchmark `checkpoint`; returns what benchmark.json holds.
     `data` (already loaded) and `ckpt` (already read) are reused when given; `report` (a run's
     report.md) gets a "Deployment export" section."""
-    ec = cfg.export
-    parts = assemble_export(cfg, Path(checkpoint), data, ckpt)
-    info = parts.data.info
-    out_dir = Path(out_dir)
+    job = prepare(cfg, Path(checkpoint), Path(out_dir), data, ckpt)
+    with torch_threads(job.threads):
+        torch_probs = job.evaluate("pytorch", torch_predictor(job.deployable))
+        deviation = export_fp32(job, torch_probs)
+        int8 = quantize(job, torch_probs)
+        latency_record = benchmark(job)
+    bench = benchmark_record(job, deviation, int8, latency_record)
+    write_benchmark(job, bench, report)
+    return bench
+
+
+def prepare(cfg, checkpoint: Path, out_dir: Path, data, ckpt) -> ExportJob:
+    """The one assembly (data, preprocessing, the checkpoint's model) and the deployable graph."""
+    parts = assemble_export(cfg, checkpoint, data, ckpt)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = int(ec.threads or cfg.hardware.num_threads or torch.get_num_threads())
-    seed = int(cfg.training.seed)
-    shape = (info.channels, info.resolution, info.resolution)
-    task, labels = info.task, parts.data.test.labels.cpu().numpy()
+    threads = int(cfg.export.threads or cfg.hardware.num_threads or torch.get_num_threads())
     config_hash = hash_container(parts.config) if parts.config else "unknown"
-    metadata = _metadata(cfg, parts, config_hash)
-    deployable = Deployable(parts.preprocess, parts.model, info.multilabel).eval()
-    name = f"model={cfg.model.name}"
-    log.info("export: %s from %s (epoch %s), %d thread(s), to %s", name, parts.checkpoint,
-             parts.epoch, threads, out_dir)  # fmt: skip
+    deployable = Deployable(parts.preprocess, parts.model, parts.data.info.multilabel).eval()
+    log.info("export: model=%s from %s (epoch %s), %d thread(s), to %s", cfg.model.name,
+             parts.checkpoint, parts.epoch, threads, out_dir)  # fmt: skip
+    labels = parts.data.test.labels.cpu().numpy()
+    return ExportJob(
+        cfg, parts, out_dir, threads, _metadata(cfg, parts, config_hash), deployable, labels
+    )
 
-    with torch_threads(threads):
-        torch_predict = torch_predictor(deployable)
-        models: dict[str, dict[str, Any]] = {}
-        models["pytorch"], torch_probs = _evaluate(torch_predict, parts, labels, cfg)
 
-        fp32_path = out_dir / FP32_FILE
-        with atomic_path(fp32_path) as tmp:  # kept only once the check passed (or not strict)
-            sample = torch.from_numpy(random_images(2, shape, seed))
-            export_onnx(deployable, sample, tmp, int(ec.opset), metadata, model_name=name)
-            fp32_predict = onnx_predictor(open_session(tmp, threads))
-            rand = random_images(int(ec.random_samples), shape, seed + 1)
-            models["onnx_fp32"], fp32_probs = _evaluate(fp32_predict, parts, labels, cfg)
-            deviation = Deviation(
-                random=max_deviation(torch_predict(rand), fp32_predict(rand)),
-                test=max_deviation(torch_probs, fp32_probs), random_samples=len(rand),
-                test_samples=len(labels), tolerance=float(ec.max_deviation), strict=bool(ec.strict),
-            )  # fmt: skip
-            check_deviation(deviation, FP32_FILE)
-        models["onnx_fp32"]["file"] = FP32_FILE
-        log.info("export: wrote %s (opset %s, %.1f MB)", fp32_path, ec.opset, _mb(fp32_path))
-        predictors = {"pytorch": torch_predict, "onnx_fp32": fp32_predict}
+def export_fp32(job: ExportJob, torch_probs: np.ndarray) -> Deviation:
+    """model.onnx, kept only once its deviation from PyTorch passed the check (or not strict)."""
+    ec, seed, path = job.cfg.export, int(job.cfg.training.seed), job.out_dir / ONNX_FP32
+    with atomic_path(path) as tmp:
+        sample = torch.from_numpy(random_images(2, job.shape, seed))
+        export_onnx(job.deployable, sample, tmp, int(ec.opset), job.metadata,
+                    model_name=f"model={job.cfg.model.name}")  # fmt: skip
+        predict = onnx_predictor(open_session(tmp, job.threads))
+        rand = random_images(int(ec.random_samples), job.shape, seed + 1)
+        fp32_probs = job.evaluate("onnx_fp32", predict)
+        deviation = Deviation(
+            random=max_deviation(job.predictors["pytorch"](rand), predict(rand)),
+            test=max_deviation(torch_probs, fp32_probs), random_samples=len(rand),
+            test_samples=len(fp32_probs), tolerance=float(ec.max_deviation), strict=bool(ec.strict),
+        )  # fmt: skip
+        check_deviation(deviation, ONNX_FP32)
+    job.models["onnx_fp32"]["file"] = ONNX_FP32
+    log.info("export: wrote %s (opset %s, %.1f MB)", path, ec.opset, _mb(path))
+    return deviation
 
-        int8 = None
-        int8_path = out_dir / INT8_FILE
-        if ec.int8:
-            calibration = _calibration_batches(parts, int(ec.calibration_samples), seed)
-            with atomic_path(int8_path) as tmp:
-                quantize_int8(fp32_path, tmp, calibration, INPUT_NAME)
-                set_metadata(tmp, {**metadata, "precision": _int8_precision(ec)})
-                int8_predict = onnx_predictor(open_session(tmp, threads))
-            models["onnx_int8"], int8_probs = _evaluate(int8_predict, parts, labels, cfg)
-            models["onnx_int8"]["file"] = INT8_FILE
-            predictors["onnx_int8"] = int8_predict
-            int8 = _int8_record(ec, models, torch_probs, int8_probs, task, calibration)
-            log.info("export: wrote %s (%.1f MB)", int8_path, _mb(int8_path))
-        elif int8_path.exists():  # a stale one from an earlier export would not match model.onnx
-            int8_path.unlink()
 
-        warm, repeats = int(ec.latency_warmup), int(ec.latency_repeats)
-        sizes = [int(b) for b in ec.latency_batch_sizes]
-        timing_images = parts.data.test.rows(torch.arange(min(max(sizes), len(labels))))
-        timed = latency(predictors, timing_images.cpu().numpy(), sizes, warm, repeats)
+def quantize(job: ExportJob, torch_probs: np.ndarray) -> dict[str, Any] | None:
+    """model_int8.onnx (export.int8), calibrated on training images, and its record; without
+    export.int8, a stale one from an earlier export (it would not match model.onnx) is removed."""
+    ec, path = job.cfg.export, job.out_dir / ONNX_INT8
+    if not ec.int8:
+        path.unlink(missing_ok=True)
+        return None
+    calibration = _calibration_batches(
+        job.parts, int(ec.calibration_samples), int(job.cfg.training.seed)
+    )
+    with atomic_path(path) as tmp:
+        quantize_int8(job.out_dir / ONNX_FP32, tmp, calibration, INPUT_NAME)
+        set_metadata(tmp, {**job.metadata, "precision": _int8_precision(ec)})
+        predict = onnx_predictor(open_session(tmp, job.threads))
+    int8_probs = job.evaluate("onnx_int8", predict)
+    job.models["onnx_int8"]["file"] = ONNX_INT8
+    record = _int8_record(ec, job.models, torch_probs, int8_probs, job.info.task, calibration)
+    log.info("export: wrote %s (%.1f MB)", path, _mb(path))
+    return record
+
+
+def benchmark(job: ExportJob) -> dict[str, Any]:
+    """Latency of every model on test images, and each one's size; returns the settings."""
+    ec = job.cfg.export
+    warm, repeats = int(ec.latency_warmup), int(ec.latency_repeats)
+    sizes = [int(b) for b in ec.latency_batch_sizes]
+    images = job.parts.data.test.rows(torch.arange(min(max(sizes), len(job.labels))))
+    timed = latency(job.predictors, images.cpu().numpy(), sizes, warm, repeats)
     for key, ms in timed.items():
-        models[key]["latency_ms"] = ms
-        path = out_dir / models[key]["file"] if models[key].get("file") else None
-        models[key]["size_mb"] = round(_mb(path), 2) if path else round(_torch_mb(parts.model), 2)
+        model = job.models[key]
+        model["latency_ms"] = ms
+        path = job.out_dir / model["file"] if model.get("file") else None
+        model["size_mb"] = round(_mb(path), 2) if path else round(_torch_mb(job.parts.model), 2)
+    return {"statistic": "median", "unit": "ms per call", "warmup": warm, "repeats": repeats,
+            "batch_sizes": sizes, "threads": job.threads, "cpu": _cpu_name(),
+            "torch": torch.__version__, "onnxruntime": _ort_version()}  # fmt: skip
 
-    bench = {
+
+def benchmark_record(job: ExportJob, deviation: Deviation, int8, latency_record) -> dict[str, Any]:
+    """What benchmark.json holds."""
+    info, ec = job.info, job.cfg.export
+    return {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "checkpoint": str(parts.checkpoint),
-        "epoch": parts.epoch,
-        "config_hash": config_hash,
-        "model": str(cfg.model.name),
-        "dataset": info.name,
-        "task": task,
-        "opset": int(ec.opset),
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "layout": "NCHW",
-            "shape": ["batch", *shape],
-            "values": "raw pixels 0-255, as stored",
-        },
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["batch", info.num_classes],
-            "values": _output_kind(info.multilabel),
-        },
-        "test_samples": len(labels),
-        "deviation": deviation.record(),
-        "int8": int8,
-        "latency": {
-            "statistic": "median",
-            "unit": "ms per call",
-            "warmup": warm,
-            "repeats": repeats,
-            "batch_sizes": sizes,
-            "threads": threads,
-            "cpu": _cpu_name(),
-            "torch": torch.__version__,
-            "onnxruntime": _ort_version(),
-        },
-        "models": models,
-    }
-    atomic_write(out_dir / BENCHMARK_FILE, json.dumps(clean_json(bench), indent=2) + "\n")
+        "checkpoint": str(job.parts.checkpoint), "epoch": job.parts.epoch,
+        "config_hash": job.metadata["config_hash"], "model": str(job.cfg.model.name),
+        "dataset": info.name, "task": info.task, "opset": int(ec.opset),
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW",
+                  "shape": ["batch", *job.shape], "values": "raw pixels 0-255, as stored"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", info.num_classes],
+                   "values": _output_kind(info.multilabel)},
+        "test_samples": len(job.labels), "deviation": deviation.record(), "int8": int8,
+        "latency": latency_record, "models": job.models,
+    }  # fmt: skip
+
+
+def write_benchmark(job: ExportJob, bench: dict[str, Any], report: Path | None) -> None:
+    """benchmark.json, the table in the log, and the report's "Deployment export" section."""
+    atomic_write(job.out_dir / EXPORT_BENCHMARK, json.dumps(clean_json(bench), indent=2) + "\n")
     _log_table(bench)
     if report is not None and report.is_file():
-        update_export_section(report, bench, _relative(out_dir, report.parent))
-    return bench
+        update_export_section(report, bench, _relative(job.out_dir, report.parent))
 
 
 def summary_metrics(bench: dict[str, Any]) -> dict[str, float]:
@@ -178,19 +210,6 @@ def summary_metrics(bench: dict[str, Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- pieces
-def _test_batches(parts: ExportParts, batch_size: int) -> Iterator[np.ndarray]:
-    test = parts.data.test
-    for start in range(0, len(test), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(test)))
-        yield np.ascontiguousarray(test.rows(idx).cpu().numpy())
-
-
-def _evaluate(predict, parts: ExportParts, labels: np.ndarray, cfg) -> tuple[dict, np.ndarray]:
-    batches = _test_batches(parts, int(cfg.training.eval_batch_size))
-    metrics, probs = evaluate_predictor(predict, batches, labels, parts.data.info.task)
-    return {"test": metrics}, probs
-
-
 def _calibration_batches(parts: ExportParts, n: int, seed: int) -> list[np.ndarray]:
     """`n` training images (a seeded random choice), in batches."""
     train = parts.data.train
@@ -204,14 +223,11 @@ def _int8_record(ec, models, torch_probs, int8_probs, task, calibration) -> dict
     drop = round(100 * (ref - got), 3)
     agreement = float(np.mean(predictions(task, torch_probs) == predictions(task, int8_probs)))
     record = {
-        **INT8_SETTINGS,
-        "calibration_samples": int(sum(len(b) for b in calibration)),
-        "accuracy_drop_points": drop,
-        "max_drop_points": float(ec.max_int8_drop),
-        "within_limit": drop <= float(ec.max_int8_drop),
-        "prediction_agreement": round(agreement, 6),
+        **INT8_SETTINGS, "calibration_samples": int(sum(len(b) for b in calibration)),
+        "accuracy_drop_points": drop, "max_drop_points": float(ec.max_int8_drop),
+        "within_limit": drop <= float(ec.max_int8_drop), "prediction_agreement": round(agreement, 6),
         "max_deviation": max_deviation(torch_probs, int8_probs),
-    }
+    }  # fmt: skip
     if not record["within_limit"]:
         log.warning(
             "export: !!! INT8 LOSES %.2f ACCURACY POINTS on the test split (%.4f -> %.4f), more "
@@ -229,18 +245,13 @@ def _metadata(cfg, parts: ExportParts, config_hash: str) -> dict[str, str]:
         "producer": f"orchard_app {metadata.version('orchard_app')}",
         "input_format": f"uint8 NCHW [batch, {c}, {r}, {r}]: raw pixel values 0-255 as stored "
         "in the dataset; scaling, channel expansion and normalisation are inside the graph",
-        "input_dtype": "uint8",
-        "input_size": f"{c}x{r}x{r}",
+        "input_dtype": "uint8", "input_size": f"{c}x{r}x{r}",
         "output": f"{OUTPUT_NAME} [batch, {info.num_classes}]: {_output_kind(info.multilabel)}",
         "preprocessing": json.dumps(parts.preprocess.describe()),
-        "class_names": json.dumps(list(info.label_names)),
-        "task": info.task,
-        "config_hash": config_hash,
-        "model": str(cfg.model.name),
-        "dataset": info.name,
-        "checkpoint_epoch": str(parts.epoch),
-        "precision": "fp32",
-    }
+        "class_names": json.dumps(list(info.label_names)), "task": info.task,
+        "config_hash": config_hash, "model": str(cfg.model.name), "dataset": info.name,
+        "checkpoint_epoch": str(parts.epoch), "precision": "fp32",
+    }  # fmt: skip
 
 
 def _output_kind(multilabel: bool) -> str:
@@ -260,7 +271,7 @@ def _log_table(bench: dict[str, Any]) -> None:
     for key, model in bench["models"].items():
         test, ms = model["test"], model.get("latency_ms", {})
         auc = test.get("auc")
-        line = f"{LABELS[key]:14}{test['accuracy']:>10.4f}" + (
+        line = f"{EXPORT_LABELS[key]:14}{test['accuracy']:>10.4f}" + (
             f"{auc:>8.4f}" if isinstance(auc, float) else f"{'n/a':>8}"
         )
         line += "".join(f"{ms.get(f'batch_{b}_ms', float('nan')):>11.2f}" for b in sizes)

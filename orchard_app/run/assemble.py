@@ -16,17 +16,8 @@ from orchard_app.config.laterality import is_lateral
 from orchard_app.config.resolvers import resolved_container
 from orchard_app.data.dataset import DataBundle, load_dataset
 from orchard_app.data.pipeline import BatchPipeline
-from orchard_app.engine.checkpoint import (
-    Checkpointer,
-    fingerprint,
-)
-from orchard_app.engine.loop import (
-    Engine,
-    EngineSettings,
-    EpochCallback,
-    StepHook,
-    steps_per_epoch,
-)
+from orchard_app.engine.checkpoint import Checkpointer, fingerprint
+from orchard_app.engine.loop import Engine, EngineSettings, EpochCallback, StepHook, steps_per_epoch
 from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.engine.precision import amp_dtype
 from orchard_app.models import build_for_data

@@ -1,7 +1,8 @@
 """`train(cfg) -> float`, the one entry point: data -> model -> engine -> evaluation -> artifacts.
 
 Returns the best validation value of `training.monitor`, the number Hydra sweepers optimise.
-The test split is evaluated once, with the best checkpoint.
+The test split is evaluated once, with the best checkpoint. metrics.json is written last
+(after the figures, the report and the export), so its presence means the run finished.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from orchard_app.config.resolvers import (
@@ -27,12 +26,12 @@ from orchard_app.config.validate import validate
 from orchard_app.distributed.rank import process_rank
 from orchard_app.engine.loop import Engine, EpochCallback, StepHook
 from orchard_app.errors import TrainingInterrupted
-from orchard_app.evaluation import figures
-from orchard_app.evaluation.artifacts import write_metrics, write_predictions
-from orchard_app.evaluation.metrics import confusion, per_class_report
-from orchard_app.evaluation.report import write_report
+from orchard_app.evaluation.artifacts import write_metrics, write_results
+from orchard_app.evaluation.metrics import per_class_report
+from orchard_app.evaluation.summary import RunSummary
 from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext, stop_policy
+from orchard_app.rundir import layout
 from orchard_app.rundir.directory import RunDirectory
 from orchard_app.rundir.provenance import device_info
 from orchard_app.tracking import NullTracker, open_tracker
@@ -103,24 +102,34 @@ def train(
         engine.load_best()  # the test split is used once, with the best checkpoint
         test, probs, labels = engine.evaluate(data.test, tta=bool(cfg.evaluation.tta))
         test["per_class"] = per_class_report(info.task, labels, probs, list(info.label_names))
-        summary = _summary(cfg, engine, data, test, parts.n_params, train_seconds, ctx.device)
+        summary = RunSummary.of(cfg, engine, data, test, parts.n_params, train_seconds)
         if ctx.is_main:
             progress.phase = "writing the results"
-            _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
+            write_results(run_path, summary, config, data, labels, probs, cfg.evaluation)
+            exported = {}
             try:
                 if cfg.export.enabled:  # the best checkpoint, as a deployment would get it
                     progress.phase = "the deployment export"
-                    summary["export"] = _export(cfg, run_path, data)
-            finally:  # a failed export still leaves the training's results tracked
-                tracker.log_results(summary, run_path)
+                    exported["export"] = _export(cfg, run_path, data)
+            finally:  # a failed export still leaves the training's results, written and tracked
+                write_metrics(run_path / layout.METRICS, summary)
+                tracker.log_results(summary.to_dict() | exported, run_path)
 
         log.info(
             "test (best epoch %s, %s %.4f): accuracy %.4f  AUC %.4f  macro-F1 %.4f  "
             "balanced accuracy %.4f", state.best_epoch, engine.monitor, state.best_value,
             test["accuracy"], test["auc"], test["macro_f1"], test["balanced_accuracy"],
         )  # fmt: skip
-        files = ["report.md", "metrics.json", "checkpoints/best.pt"]
-        log.info("done: %s  (%s)", run_path, ", ".join(files + ["exports/"] * cfg.export.enabled))
+        files = [
+            layout.REPORT,
+            layout.METRICS,
+            f"{layout.CHECKPOINTS_DIR}/{layout.BEST_CHECKPOINT}",
+        ]
+        log.info(
+            "done: %s  (%s)",
+            run_path,
+            ", ".join(files + [f"{layout.EXPORTS_DIR}/"] * cfg.export.enabled),
+        )
         return float(state.best_value)
 
 
@@ -161,7 +170,7 @@ def resume_target(resume: str | None, run_dir: Path) -> tuple[Path | None, bool]
     if resume is None:
         return None, False
     if str(resume) == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
+        last = layout.last_checkpoint(run_dir)
         return (last if last.is_file() else None), True
     path = Path(os.path.expanduser(str(resume)))
     return path, path.resolve().is_relative_to(Path(run_dir).resolve())
@@ -207,90 +216,12 @@ class Progress:
             e.args = (f"{e} during {self.phase}, before training saved a checkpoint",)
 
 
-def _summary(cfg, engine: Engine, data, test: dict, n_params: int, seconds: float, device) -> dict:
-    """Everything metrics.json records about the run."""
-    info, state = data.info, engine.state
-    return {
-        "test": test,
-        "best_epoch": state.best_epoch,
-        "monitor": {"name": engine.monitor, "mode": engine.mode, "best_value": state.best_value},
-        "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early,
-        "resumed_from": engine.resumed_from,
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-        "dataset": {
-            "name": info.name, "task": info.task, "num_classes": info.num_classes,
-            "in_chans": info.in_chans, "resolution": info.resolution,
-            "label_names": list(info.label_names), "counts": info.counts,
-            "train_samples": len(data.train), "file": info.file, "md5": info.md5,
-            "licence": info.licence,
-        },
-        "model": {
-            "name": str(cfg.model.name), "arch": str(cfg.model.arch), "parameters": n_params,
-            "pretrained": bool(cfg.model.pretrained),
-        },
-        "history": state.history,
-    }  # fmt: skip
-
-
 def _export(cfg, run_path: Path, data) -> dict:
-    from orchard_app.export.pipeline import EXPORT_DIR, export_run, summary_metrics
+    from orchard_app.export.pipeline import export_run, summary_metrics
 
-    best = run_path / "checkpoints" / "best.pt"
-    bench = export_run(cfg, best, run_path / EXPORT_DIR, data=data, report=run_path / "report.md")
+    out, report = run_path / layout.EXPORTS_DIR, run_path / layout.REPORT
+    bench = export_run(cfg, layout.best_checkpoint(run_path), out, data=data, report=report)
     return summary_metrics(bench)
-
-
-def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs) -> None:
-    names = list(data.info.label_names)
-    write_metrics(run_path / "metrics.json", summary)
-    write_predictions(run_path / "predictions_test.csv", data.info.task, labels, probs, names)
-    figs = _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
-    write_report(run_path / "report.md", summary, config, figs)
-
-
-def _figures(
-    cfg, run_path: Path, summary: dict, data, labels: np.ndarray, probs: np.ndarray
-) -> list[str]:
-    info = data.info
-    names = list(info.label_names)
-    out = run_path / "figures"
-    out.mkdir(exist_ok=True)
-    made = []
-    figures.training_curves(
-        out / "training_curves.png",
-        summary["history"],
-        summary["monitor"]["name"],
-        summary["best_epoch"],
-    )
-    made.append("figures/training_curves.png")
-    if info.multilabel:
-        from sklearn.metrics import roc_auc_score
-
-        aucs = {
-            n: float(roc_auc_score(labels[:, i], probs[:, i]))
-            for i, n in enumerate(names)
-            if 0 < labels[:, i].sum() < len(labels)
-        }
-        figures.per_label_auc(out / "auc_per_label.png", aucs)
-        made.append("figures/auc_per_label.png")
-    else:
-        figures.confusion_matrix(
-            out / "confusion_matrix.png", confusion(labels, probs, len(names)), names
-        )
-        made.append("figures/confusion_matrix.png")
-    figures.roc_curves(out / "roc_curves.png", info.task, labels, probs, names)
-    made.append("figures/roc_curves.png")
-    n = min(int(cfg.evaluation.sample_grid), len(labels))
-    if n:
-        idx = np.random.default_rng(0).choice(len(labels), size=n, replace=False)
-        sample = data.test.rows(torch.from_numpy(idx)).cpu().numpy()
-        figures.sample_grid(
-            out / "test_samples.png", sample, labels[idx], probs[idx], names, info.task
-        )
-        made.append("figures/test_samples.png")
-    return made
 
 
 def _hydra_output_dir() -> Path:

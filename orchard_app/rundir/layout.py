@@ -15,7 +15,8 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
 
 A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's storage (optuna.db or
 optuna.journal), study.csv, top_trials.md, best_config.yaml and figures/, the MLflow parent
-run's lock, and submitit's .submitit/ job files.
+run's lock, submitit's .submitit/ job files, and the comparison.md and comparison.csv of
+`python -m orchard_app.compare`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ STUDY_CSV, TOP_TRIALS, BEST_CONFIG = "study.csv", "top_trials.md", "best_config.
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's own record of the sweep
 SUBMITIT_DIR = ".submitit"
 MLFLOW_PARENT_LOCK = ".mlflow_parent.lock"
+COMPARISON_MD, COMPARISON_CSV = "comparison.md", "comparison.csv"
 
 
 def last_checkpoint(run_dir: Path) -> Path:
