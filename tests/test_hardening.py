@@ -274,12 +274,11 @@ def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_p
     assert "before training" not in text
 
 
-def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(tiny_npz, tmp_path):
-    result = run_cli("-m", *tiny_overrides(tiny_npz), "training.label_smoothing=0.1,1.5",
-                     cwd=tmp_path)  # fmt: skip
+def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(failing_sweep):
+    cwd, result = failing_sweep
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    (sweep,) = (cwd / "multirun").glob("*/*")
     summary = result.stderr[result.stderr.index(f"sweep {sweep.resolve()}") :]
     assert "2 job(s): 1 completed, 1 failed" in summary
     assert "training.label_smoothing=1.5: must be in [0, 1)" in summary

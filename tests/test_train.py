@@ -54,7 +54,7 @@ def test_returns_the_monitored_value(tiny_npz, tmp_path):
 def test_default_run_learns_digits(tmp_path):
     """The embedded default (digits, mini_cnn, 20 epochs): what `make train` does."""
     value = train(
-        compose("hardware.num_threads=2", "evaluation.figures=false"), output_dir=tmp_path / "run"
+        compose("hardware.num_threads=1", "evaluation.figures=false"), output_dir=tmp_path / "run"
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.98
