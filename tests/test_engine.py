@@ -255,12 +255,12 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_npz, tmp_path, 
     assert b["resumed_from"] == err.value.checkpoint and len(b["history"]) == 3
 
 
-def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_path):
-    run = tmp_path / "mini"
-    train(compose(*tiny_overrides(tiny_npz)), output_dir=run)
+def test_checkpoint_of_another_model_is_refused_before_loading(finished_run, shared_npz, tmp_path):
+    run = finished_run[0]  # mini_cnn: train(compose(*tiny_overrides(shared_npz)), run)
     last = run / "checkpoints" / "last.pt"
     result = run_cli(
-        *tiny_overrides(tiny_npz, "model=resnet18_adapted", f"training.resume={last}"), cwd=tmp_path
+        *tiny_overrides(shared_npz, "model=resnet18_adapted", f"training.resume={last}"),
+        cwd=tmp_path,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "model=mini_cnn" in result.stderr and "model=resnet18_adapted" in result.stderr
@@ -270,7 +270,7 @@ def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_pat
     with pytest.raises(CheckpointError, match="model weights only"):
         train(
             compose(
-                *tiny_overrides(tiny_npz, f"training.resume={run / 'checkpoints' / 'best.pt'}")
+                *tiny_overrides(shared_npz, f"training.resume={run / 'checkpoints' / 'best.pt'}")
             ),
             output_dir=tmp_path / "y",
         )

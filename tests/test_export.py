@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,15 +215,15 @@ def test_deviation_beyond_the_tolerance_fails_with_the_deviation_printed(tmp_pat
     assert "**FAILED**" in (lenient / "report.md").read_text()
 
 
-def test_export_entry_point_exports_an_existing_run_dir(tmp_path, capsys):
+def test_export_entry_point_exports_an_existing_run_dir(finished_run, tmp_path, capsys):
     """A finished run exported afterwards by the second entry point (in-process here; the
     command line in the resnet18_adapted test) with an override, its config composed from the
     checkpoint's; the report gets the export section once, however often it is exported."""
     from orchard_app.evaluation.report import update_export_section
     from orchard_app.export.__main__ import main
 
-    run = tmp_path / "run"
-    train(compose(*tiny_overrides(make_npz(tmp_path / "d.npz"))), output_dir=run)
+    run = tmp_path / "run"  # a copy of train(compose(*tiny_overrides(npz)), output_dir=run)
+    shutil.copytree(finished_run[0], run)
     assert not (run / "exports").exists()
 
     main([str(run), "export.opset=19", *QUICK])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import compose, make_npz, tiny_overrides
+from conftest import INTERRUPTED, compose, make_npz, tiny_overrides
 
 from orchard_app import train
 from orchard_app.engine.loop import Engine
@@ -61,25 +62,15 @@ def test_optuna_trial_pruned_maps_to_pruned_by_name():
     assert outcome_of(interrupted) is Outcome.REQUEUED
 
 
-def _sigterm_at(n: int):
-    calls = [0]
-
-    def hook(engine):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
-def test_resume_auto_continues_the_same_dir_and_lists_both_attempts(tiny_npz, tmp_path):
-    args = tiny_overrides(tiny_npz, "training.epochs=3", "hardware.deterministic=true")
+def test_resume_auto_continues_the_same_dir_and_lists_both_attempts(
+    interrupted_run, shared_npz, tmp_path
+):
+    args = tiny_overrides(shared_npz, *INTERRUPTED)  # training.epochs=3, deterministic
     straight = tmp_path / "straight"
     train(compose(*args), straight)
 
-    run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        train(compose(*args), run, step_hooks=[_sigterm_at(9)])  # mid-epoch 2
+    run = tmp_path / "run"  # a copy of: train(compose(*args), run, step_hooks=[SIGTERM at 9])
+    shutil.copytree(interrupted_run, run)  # (stopped mid-epoch 2)
     assert read_json(run / "provenance.json")["status"] == "interrupted"
 
     train(compose(*args, "training.resume=auto"), run)
