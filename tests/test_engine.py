@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, make_npz, run_cli, tiny_overrides
+from conftest import compose, made_once, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
 from orchard_app.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -22,6 +23,13 @@ from orchard_app.run.context import RunContext
 
 RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.hflip=true",
           "dataset.augment.rotation=10", "training.mixup_alpha=0.2", "scheduler.warmup_epochs=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def recipe_run(tmp_path_factory, shared_npz) -> Path:
+    """One uninterrupted deterministic run of RECIPE, `tiny_overrides(shared_npz, *RECIPE)`."""
+    return made_once(tmp_path_factory, "recipe_run",
+                     lambda p: train(compose(*tiny_overrides(shared_npz, *RECIPE)), p))[0]  # fmt: skip
 
 
 def make_engine(tmp_path, npz, *overrides: str) -> Engine:
@@ -176,20 +184,32 @@ def test_bf16_autocast_and_channels_last_on_cpu(tiny_npz, tmp_path):
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_early_stopping_after_patience(tiny_npz, tmp_path, monkeypatch):
+def wrap_evaluate(wrapper):
+    """A step hook that, at the run's first step, wraps that engine's `evaluate` in
+    `wrapper(engine, real_evaluate)` (the Engine class is left alone)."""
+
+    def wrap(engine):
+        engine.evaluate = wrapper(engine, engine.evaluate)
+
+    return at_step(1, wrap)
+
+
+def test_early_stopping_after_patience(tiny_npz, tmp_path):
     scripted = iter([0.5, 0.7, 0.6, 0.65, 0.65, 0.9, 0.95])  # no new best after epoch 2
-    real = Engine.evaluate
 
-    def evaluate(self, split, tta=False):
-        metrics, probs, labels = real(self, split, tta)
-        if split is self.pipeline.data.val:
-            metrics["accuracy"] = next(scripted)
-        return metrics, probs, labels
+    def script_val_accuracy(engine, real):
+        def evaluate(split, tta=False):
+            metrics, probs, labels = real(split, tta)
+            if split is engine.pipeline.data.val:
+                metrics["accuracy"] = next(scripted)
+            return metrics, probs, labels
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
+        return evaluate
+
     train(
         compose(*tiny_overrides(tiny_npz, "training.epochs=7", "training.early_stop_patience=3")),
         output_dir=tmp_path / "r",
+        step_hooks=[wrap_evaluate(script_val_accuracy)],
     )
     metrics = read_metrics(tmp_path / "r")
     assert metrics["epochs_run"] == 5 and metrics["stopped_early"] and metrics["best_epoch"] == 2
@@ -220,10 +240,9 @@ def test_checkpoints_hold_full_state_and_load_weights_only(tiny_npz, tmp_path):
     ]  # no temp files
 
 
-def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
-    runs = [tmp_path / "a", tmp_path / "b"]
-    for run in runs:
-        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=run)
+def test_deterministic_runs_are_identical(recipe_run, shared_npz, tmp_path):
+    runs = [recipe_run, tmp_path / "b"]  # (recipe_run was trained as b is)
+    train(compose(*tiny_overrides(shared_npz, *RECIPE)), output_dir=runs[1])
     a, b = (read_metrics(r) for r in runs)
     assert a["test"] == b["test"]
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
@@ -232,20 +251,21 @@ def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
 @pytest.mark.parametrize(
     "stop_at_batch", [9, 12]
 )  # mid-epoch 2, and its last step (epoch boundary)
-def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_npz, tmp_path, stop_at_batch):
-    straight = tmp_path / "straight"
-    train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=straight)
+def test_interrupted_then_resumed_run_matches_uninterrupted(
+    recipe_run, shared_npz, tmp_path, stop_at_batch
+):
+    straight = recipe_run  # the same run, not interrupted
 
     sigterm = at_step(stop_at_batch, lambda engine: os.kill(os.getpid(), signal.SIGTERM))
     first = tmp_path / "first"
     with pytest.raises(TrainingInterrupted) as err:
-        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=first, step_hooks=[sigterm])
+        train(compose(*tiny_overrides(shared_npz, *RECIPE)), output_dir=first, step_hooks=[sigterm])
     assert err.value.exit_code == 143 and err.value.checkpoint.endswith("last.pt")
     assert json.loads((first / "provenance.json").read_text())["status"] == "interrupted"
 
     resumed = tmp_path / "resumed"
     train(
-        compose(*tiny_overrides(tiny_npz, *RECIPE, f"training.resume={err.value.checkpoint}")),
+        compose(*tiny_overrides(shared_npz, *RECIPE, f"training.resume={err.value.checkpoint}")),
         output_dir=resumed,
     )
     a, b = read_metrics(straight), read_metrics(resumed)
@@ -392,17 +412,19 @@ def test_tta_averages_the_flipped_views(tiny_npz, tmp_path):
     assert tta == pytest.approx((plain + flipped) / 2, abs=1e-5)
 
 
-def test_test_split_is_evaluated_once_with_the_best_checkpoint(tiny_npz, tmp_path, monkeypatch):
+def test_test_split_is_evaluated_once_with_the_best_checkpoint(tiny_npz, tmp_path):
     seen = []
-    real = Engine.evaluate
 
-    def evaluate(self, split, tta=False):
-        if split is self.pipeline.data.test:
-            seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
-        return real(self, split, tta)
+    def record_test_weights(engine, real):
+        def evaluate(split, tta=False):
+            if split is engine.pipeline.data.test:
+                seen.append({k: v.clone() for k, v in engine.model.state_dict().items()})
+            return real(split, tta)
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
-    train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=tmp_path / "r")
+        return evaluate
+
+    train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=tmp_path / "r",
+          step_hooks=[wrap_evaluate(record_test_weights)])  # fmt: skip
     assert len(seen) == 1
     best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(seen[0][k], best[k]) for k in best)

@@ -16,7 +16,6 @@ import torch
 from conftest import INTERRUPTED, compose, make_npz, tiny_overrides
 
 from orchard_app import train
-from orchard_app.engine.loop import Engine
 from orchard_app.errors import NonFiniteLossError, RunPruned, TrainingInterrupted
 from orchard_app.outcomes import Outcome, exit_code, outcome_of
 
@@ -89,36 +88,43 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tiny_npz, tmp_path):
     assert [a["outcome"] for a in read_json(run / "provenance.json")["attempts"]] == ["completed"]
 
 
-def _scripted_val(monkeypatch, values):
-    """Replace the validation value of the monitor epoch by epoch (the engine's evaluate is
-    its public evaluation entry)."""
-    scripted, real = iter(values), Engine.evaluate
+def _scripted_val(values):
+    """A step hook that replaces the validation value of the monitor epoch by epoch: at the
+    run's first step it wraps that engine's `evaluate`, its evaluation entry (the Engine class
+    is left alone)."""
+    scripted, calls = iter(values), [0]
 
-    def evaluate(self, split, tta=False):
-        metrics, probs, labels = real(self, split, tta)
-        if split is self.pipeline.data.val:
-            metrics["auc"] = next(scripted)
-        return metrics, probs, labels
+    def hook(engine):
+        calls[0] += 1
+        if calls[0] > 1:
+            return
+        real = engine.evaluate
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
+        def evaluate(split, tta=False):
+            metrics, probs, labels = real(split, tta)
+            if split is engine.pipeline.data.val:
+                metrics["auc"] = next(scripted)
+            return metrics, probs, labels
+
+        engine.evaluate = evaluate
+
+    return hook
 
 
-def test_a_nan_monitor_is_never_the_best_epoch(tiny_npz, tmp_path, monkeypatch):
-    _scripted_val(monkeypatch, [float("nan"), 0.6, 0.7])
+def test_a_nan_monitor_is_never_the_best_epoch(tiny_npz, tmp_path):
     value = train(
         compose(*tiny_overrides(tiny_npz, "training.epochs=3", "training.monitor=val_auc")),
-        tmp_path / "r",
-    )
+        tmp_path / "r", step_hooks=[_scripted_val([float("nan"), 0.6, 0.7])],
+    )  # fmt: skip
     assert value == 0.7 and read_json(tmp_path / "r" / "metrics.json")["best_epoch"] == 3
 
 
-def test_a_monitor_that_is_nan_throughout_is_a_clear_failure(tiny_npz, tmp_path, monkeypatch):
-    _scripted_val(monkeypatch, [float("nan")] * 2)
+def test_a_monitor_that_is_nan_throughout_is_a_clear_failure(tiny_npz, tmp_path):
     with pytest.raises(NonFiniteLossError, match="val_auc was NaN in all 2 epochs"):
         train(
             compose(*tiny_overrides(tiny_npz, "training.epochs=2", "training.monitor=val_auc")),
-            tmp_path / "r",
-        )
+            tmp_path / "r", step_hooks=[_scripted_val([float("nan")] * 2)],
+        )  # fmt: skip
     assert read_json(tmp_path / "r" / "provenance.json")["status"] == "failed"
 
 
