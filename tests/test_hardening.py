@@ -16,7 +16,6 @@ import torch
 from conftest import INTERRUPTED, compose, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
-from orchard_app.engine.loop import Engine
 from orchard_app.errors import CheckpointError, StorageError, TrainingInterrupted
 
 
@@ -262,16 +261,21 @@ def test_forged_or_incomplete_checkpoints_are_one_clear_error(
 
 
 # ---------------------------------------------------------------- interruptions and sweeps
-def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_path, monkeypatch):
-    real = Engine.load_best
+def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_path):
+    def sigterm_after_load_best(engine):  # a step hook: wraps this run's engine.load_best once
+        if engine.load_best.__name__ == "load_best_then_sigterm":
+            return
+        real = engine.load_best
 
-    def load_best_then_sigterm(self):
-        real(self)
-        os.kill(os.getpid(), signal.SIGTERM)
+        def load_best_then_sigterm():
+            real()
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(Engine, "load_best", load_best_then_sigterm)
+        engine.load_best = load_best_then_sigterm
+
     with pytest.raises(TrainingInterrupted) as err:
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=2")), tmp_path / "r")
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=2")), tmp_path / "r",
+              step_hooks=[sigterm_after_load_best])  # fmt: skip
     text = str(err.value)
     assert "during the test evaluation" in text and "up to epoch 2" in text
     assert err.value.checkpoint == str((tmp_path / "r" / "checkpoints" / "last.pt").resolve())

@@ -161,21 +161,15 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
         pass
 
 
-def test_sigterm_during_training_records_interrupted_and_mlflow_killed(
-    tiny_npz, tmp_path, db, monkeypatch
-):
-    from orchard_app.tracking.mlflow_tracker import MlflowTracker
+def test_sigterm_during_training_records_interrupted_and_mlflow_killed(tiny_npz, tmp_path, db):
+    def sigterm_after_epoch_1(record, engine):  # as if SLURM preempted the job after epoch 1
+        if record["epoch"] == 1:  # (callbacks run after the tracker has logged the epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    log_epoch = MlflowTracker.on_epoch_end
-
-    def log_then_sigterm(self, record, engine):  # as if SLURM preempted the job after epoch 1
-        log_epoch(self, record, engine)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MlflowTracker, "on_epoch_end", log_then_sigterm)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", *with_mlflow(db))), run_dir)
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", *with_mlflow(db))), run_dir,
+              [sigterm_after_epoch_1])  # fmt: skip
 
     prov = read_json(run_dir / "provenance.json")
     assert prov["status"] == "interrupted" and "SIGTERM" in prov["error"]
