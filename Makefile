@@ -23,14 +23,18 @@ install: $(STAMP)  ## create .venv and install the project with the tested versi
 train: $(STAMP)  ## train on the embedded default (extra overrides: make train ARGS="training.epochs=3")
 	$(PY) -m orchard_app $(ARGS)
 
-test: $(STAMP)  ## fast tests (a few minutes on 2 cores)
-	$(PY) -m pytest --durations=15 $(ARGS)
+# Two xdist workers, one torch thread each (tests/conftest.py); tests marked xdist_group share
+# a worker (the one-node SLURM cluster runs one sweep at a time).
+XDIST  := -n 2 --dist loadgroup
+
+test: $(STAMP)  ## fast tests (under 3 minutes on 2 cores)
+	$(PY) -m pytest $(XDIST) --durations=15 $(ARGS)
 
 test-slow: $(STAMP)  ## only the slow end-to-end tests (CI runs them after `make test`)
-	$(PY) -m pytest -m slow --durations=15 $(ARGS)
+	$(PY) -m pytest $(XDIST) -m slow --durations=15 $(ARGS)
 
 test-all: $(STAMP)  ## every test, fast and slow
-	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "slow or not slow" $(ARGS)
 
 bench: $(STAMP)  ## benchmarks under bench/ (print figures; not tests)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,26 @@ from orchard_app.config import compose  # noqa: F401  (the tests import it from 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = ROOT.parent / "shared" / "data" / "medmnist"
 LOCAL_SLURM = ROOT.parent / "shared" / "slurm" / "local-slurm.sh"
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under `pytest -n`
+
+if XDIST_WORKER:  # one worker per core: one thread each, here and in the CLI runs they start
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """A run given hardware.num_threads=2 leaves torch at 2; the next test gets one again."""
+    yield
+    if XDIST_WORKER and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Tests on the one-node SLURM cluster share one xdist worker: one sweep at a time."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +49,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
 def tiny_overrides(npz: Path, *extra: str) -> list[str]:
     """A run small enough for unit tests: tiny npz, mini_cnn, 1 epoch, no figures."""
     return ["dataset=npz", f"dataset.path={npz}", "model=mini_cnn", "training.epochs=1",
-            "training.batch_size=16", "evaluation.figures=false", "hardware.num_threads=2", *extra]  # fmt: skip
+            "training.batch_size=16", "evaluation.figures=false", "hardware.num_threads=1", *extra]  # fmt: skip
 
 
 def make_npz(
@@ -64,6 +86,72 @@ def tiny_npz(tmp_path) -> Path:
     return make_npz(tmp_path / "tiny.npz")
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> tuple[Path, object]:
+    """(path, what `make(path)` returned), made once for the whole test session: the first
+    xdist worker that asks makes it under a lock, the others wait for it and reuse it. Tests
+    read it; a test that writes into it copies it first (shutil.copytree into its tmp_path)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if XDIST_WORKER else root  # the workers' temp dirs share a parent
+    path, done = shared / name, shared / f"{name}.made.json"
+    with FileLock(f"{path}.lock"):
+        if not done.is_file():
+            done.write_text(json.dumps(make(path)))
+    return path, json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def shared_npz(tmp_path_factory) -> Path:
+    """`tiny_npz` made once: the data set of the session's shared runs."""
+    return made_once(tmp_path_factory, "tiny.npz", lambda p: str(make_npz(p)))[0]
+
+
+def sigterm_at(n: int):
+    """A step hook that sends this process SIGTERM after the n-th training step."""
+    import signal
+
+    calls = [0]
+
+    def hook(engine):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+INTERRUPTED = ("training.epochs=3", "hardware.deterministic=true")  # stopped mid-epoch 2
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, shared_npz) -> tuple[Path, float]:
+    """(run dir, train()'s value) of one finished tiny run, `tiny_overrides(shared_npz)`.
+    Read it; copy it before writing into it."""
+    from orchard_app import train
+
+    return made_once(tmp_path_factory, "finished_run",
+                     lambda p: train(compose(*tiny_overrides(shared_npz)), p))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(tmp_path_factory, shared_npz) -> Path:
+    """The run dir of a tiny run stopped by SIGTERM in the middle of epoch 2 (step 9 of 18),
+    `tiny_overrides(shared_npz, *INTERRUPTED)`; its checkpoints/last.pt resumes it."""
+    from orchard_app import train
+    from orchard_app.errors import TrainingInterrupted
+
+    def make(path: Path) -> str:
+        try:
+            train(compose(*tiny_overrides(shared_npz, *INTERRUPTED)), path,
+                  step_hooks=[sigterm_at(9)])  # fmt: skip
+        except TrainingInterrupted as err:
+            return err.checkpoint
+        raise AssertionError("the run was not interrupted")
+
+    return made_once(tmp_path_factory, "interrupted_run", make)[0]
+
+
 @pytest.fixture
 def shared_medmnist() -> Path:
     if not (SHARED_MEDMNIST / "bloodmnist.npz").is_file():
@@ -97,6 +185,21 @@ def run_cli(
         [sys.executable, *python_args, "-m", "orchard_app", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def failing_sweep(tmp_path_factory, shared_npz) -> tuple[Path, subprocess.CompletedProcess]:
+    """(the dir it ran in, its result) of one basic sweep of two tiny jobs whose second fails
+    its config validation: `-m <tiny> training.label_smoothing=0.1,1.5`, run once."""
+
+    def make(path: Path) -> dict:
+        path.mkdir()
+        result = run_cli("-m", *tiny_overrides(shared_npz), "training.label_smoothing=0.1,1.5",
+                         cwd=path)  # fmt: skip
+        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+
+    path, made = made_once(tmp_path_factory, "failing_sweep", make)
+    return path, subprocess.CompletedProcess(["orchard_app", "-m"], **made)
 
 
 def only_run_dir(base: Path) -> Path:

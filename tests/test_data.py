@@ -350,7 +350,7 @@ def test_other_shared_sets_load_with_their_task(shared_medmnist, name, task, cla
 
 def test_bloodmnist_trains_one_epoch(shared_medmnist, tmp_path):
     cfg = compose("dataset=bloodmnist", f"dataset.root={shared_medmnist}", "model=mini_cnn", "training.epochs=1",
-                  "dataset.max_samples=600", "evaluation.figures=false", "hardware.num_threads=2")  # fmt: skip
+                  "dataset.max_samples=600", "evaluation.figures=false", "hardware.num_threads=1")  # fmt: skip
     value = train(cfg, output_dir=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["dataset"]["train_samples"] == 600 and metrics["dataset"]["md5"] == BLOOD["md5"]

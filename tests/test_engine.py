@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, make_npz, run_cli, tiny_overrides
+from conftest import compose, made_once, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
 from orchard_app.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -22,6 +23,13 @@ from orchard_app.run.context import RunContext
 
 RECIPE = ["training.epochs=3", "hardware.deterministic=true", "dataset.augment.hflip=true",
           "dataset.augment.rotation=10", "training.mixup_alpha=0.2", "scheduler.warmup_epochs=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def recipe_run(tmp_path_factory, shared_npz) -> Path:
+    """One uninterrupted deterministic run of RECIPE, `tiny_overrides(shared_npz, *RECIPE)`."""
+    return made_once(tmp_path_factory, "recipe_run",
+                     lambda p: train(compose(*tiny_overrides(shared_npz, *RECIPE)), p))[0]  # fmt: skip
 
 
 def make_engine(tmp_path, npz, *overrides: str) -> Engine:
@@ -120,10 +128,9 @@ def test_schedule_state_survives_a_weights_only_checkpoint(name, tmp_path):
     )
     fresh = build_schedule(opt, compose(f"scheduler={name}").scheduler, 1e-3, 4, 5, "max")
     fresh.load_state_dict(load_checkpoint(tmp_path / "s.pt")["schedule"])
-    assert (
-        fresh.scheduler.state_dict()["last_epoch" if name != "plateau" else "last_epoch"]
-        == schedule.scheduler.state_dict()["last_epoch"]
-    )
+    restored, saved = fresh.scheduler.state_dict(), schedule.scheduler.state_dict()
+    assert restored["last_epoch"] == saved["last_epoch"] == 7
+    assert restored == saved  # every counter, e.g. the plateau's best value and bad epochs
 
 
 # ---------------------------------------------------------------- loss recipe pieces
@@ -177,20 +184,32 @@ def test_bf16_autocast_and_channels_last_on_cpu(tiny_npz, tmp_path):
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_early_stopping_after_patience(tiny_npz, tmp_path, monkeypatch):
+def wrap_evaluate(wrapper):
+    """A step hook that, at the run's first step, wraps that engine's `evaluate` in
+    `wrapper(engine, real_evaluate)` (the Engine class is left alone)."""
+
+    def wrap(engine):
+        engine.evaluate = wrapper(engine, engine.evaluate)
+
+    return at_step(1, wrap)
+
+
+def test_early_stopping_after_patience(tiny_npz, tmp_path):
     scripted = iter([0.5, 0.7, 0.6, 0.65, 0.65, 0.9, 0.95])  # no new best after epoch 2
-    real = Engine.evaluate
 
-    def evaluate(self, split, tta=False):
-        metrics, probs, labels = real(self, split, tta)
-        if split is self.pipeline.data.val:
-            metrics["accuracy"] = next(scripted)
-        return metrics, probs, labels
+    def script_val_accuracy(engine, real):
+        def evaluate(split, tta=False):
+            metrics, probs, labels = real(split, tta)
+            if split is engine.pipeline.data.val:
+                metrics["accuracy"] = next(scripted)
+            return metrics, probs, labels
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
+        return evaluate
+
     train(
         compose(*tiny_overrides(tiny_npz, "training.epochs=7", "training.early_stop_patience=3")),
         output_dir=tmp_path / "r",
+        step_hooks=[wrap_evaluate(script_val_accuracy)],
     )
     metrics = read_metrics(tmp_path / "r")
     assert metrics["epochs_run"] == 5 and metrics["stopped_early"] and metrics["best_epoch"] == 2
@@ -221,10 +240,9 @@ def test_checkpoints_hold_full_state_and_load_weights_only(tiny_npz, tmp_path):
     ]  # no temp files
 
 
-def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
-    runs = [tmp_path / "a", tmp_path / "b"]
-    for run in runs:
-        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=run)
+def test_deterministic_runs_are_identical(recipe_run, shared_npz, tmp_path):
+    runs = [recipe_run, tmp_path / "b"]  # (recipe_run was trained as b is)
+    train(compose(*tiny_overrides(shared_npz, *RECIPE)), output_dir=runs[1])
     a, b = (read_metrics(r) for r in runs)
     assert a["test"] == b["test"]
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
@@ -233,20 +251,21 @@ def test_deterministic_runs_are_identical(tiny_npz, tmp_path):
 @pytest.mark.parametrize(
     "stop_at_batch", [9, 12]
 )  # mid-epoch 2, and its last step (epoch boundary)
-def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_npz, tmp_path, stop_at_batch):
-    straight = tmp_path / "straight"
-    train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=straight)
+def test_interrupted_then_resumed_run_matches_uninterrupted(
+    recipe_run, shared_npz, tmp_path, stop_at_batch
+):
+    straight = recipe_run  # the same run, not interrupted
 
     sigterm = at_step(stop_at_batch, lambda engine: os.kill(os.getpid(), signal.SIGTERM))
     first = tmp_path / "first"
     with pytest.raises(TrainingInterrupted) as err:
-        train(compose(*tiny_overrides(tiny_npz, *RECIPE)), output_dir=first, step_hooks=[sigterm])
+        train(compose(*tiny_overrides(shared_npz, *RECIPE)), output_dir=first, step_hooks=[sigterm])
     assert err.value.exit_code == 143 and err.value.checkpoint.endswith("last.pt")
     assert json.loads((first / "provenance.json").read_text())["status"] == "interrupted"
 
     resumed = tmp_path / "resumed"
     train(
-        compose(*tiny_overrides(tiny_npz, *RECIPE, f"training.resume={err.value.checkpoint}")),
+        compose(*tiny_overrides(shared_npz, *RECIPE, f"training.resume={err.value.checkpoint}")),
         output_dir=resumed,
     )
     a, b = read_metrics(straight), read_metrics(resumed)
@@ -256,12 +275,12 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tiny_npz, tmp_path, 
     assert b["resumed_from"] == err.value.checkpoint and len(b["history"]) == 3
 
 
-def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_path):
-    run = tmp_path / "mini"
-    train(compose(*tiny_overrides(tiny_npz)), output_dir=run)
+def test_checkpoint_of_another_model_is_refused_before_loading(finished_run, shared_npz, tmp_path):
+    run = finished_run[0]  # mini_cnn: train(compose(*tiny_overrides(shared_npz)), run)
     last = run / "checkpoints" / "last.pt"
     result = run_cli(
-        *tiny_overrides(tiny_npz, "model=resnet18_adapted", f"training.resume={last}"), cwd=tmp_path
+        *tiny_overrides(shared_npz, "model=resnet18_adapted", f"training.resume={last}"),
+        cwd=tmp_path,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "model=mini_cnn" in result.stderr and "model=resnet18_adapted" in result.stderr
@@ -271,7 +290,7 @@ def test_checkpoint_of_another_model_is_refused_before_loading(tiny_npz, tmp_pat
     with pytest.raises(CheckpointError, match="model weights only"):
         train(
             compose(
-                *tiny_overrides(tiny_npz, f"training.resume={run / 'checkpoints' / 'best.pt'}")
+                *tiny_overrides(shared_npz, f"training.resume={run / 'checkpoints' / 'best.pt'}")
             ),
             output_dir=tmp_path / "y",
         )
@@ -358,7 +377,7 @@ def test_sigterm_from_outside_prints_resume_command_that_works(tmp_path):
 def test_bloodmnist_deterministic_runs_and_a_sigterm_resume_match(shared_medmnist, tmp_path):
     """Issue 6's acceptance run on the real file: 2,000 training samples, mini_cnn, deterministic."""
     args = ["dataset=bloodmnist", f"dataset.root={shared_medmnist}", "dataset.max_samples=2000",
-            "model=mini_cnn", "hardware.deterministic=true", "training.epochs=3", "hardware.num_threads=2"]  # fmt: skip
+            "model=mini_cnn", "hardware.deterministic=true", "training.epochs=3", "hardware.num_threads=1"]  # fmt: skip
     first = _cli(args, tmp_path / "a")
     assert first.returncode == 0, first.stderr
     assert _cli([*args, "evaluation.figures=false"], tmp_path / "b").returncode == 0
@@ -393,17 +412,19 @@ def test_tta_averages_the_flipped_views(tiny_npz, tmp_path):
     assert tta == pytest.approx((plain + flipped) / 2, abs=1e-5)
 
 
-def test_test_split_is_evaluated_once_with_the_best_checkpoint(tiny_npz, tmp_path, monkeypatch):
+def test_test_split_is_evaluated_once_with_the_best_checkpoint(tiny_npz, tmp_path):
     seen = []
-    real = Engine.evaluate
 
-    def evaluate(self, split, tta=False):
-        if split is self.pipeline.data.test:
-            seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
-        return real(self, split, tta)
+    def record_test_weights(engine, real):
+        def evaluate(split, tta=False):
+            if split is engine.pipeline.data.test:
+                seen.append({k: v.clone() for k, v in engine.model.state_dict().items()})
+            return real(split, tta)
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
-    train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=tmp_path / "r")
+        return evaluate
+
+    train(compose(*tiny_overrides(tiny_npz, "training.epochs=3")), output_dir=tmp_path / "r",
+          step_hooks=[wrap_evaluate(record_test_weights)])  # fmt: skip
     assert len(seen) == 1
     best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(seen[0][k], best[k]) for k in best)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, make_npz, run_cli, tiny_overrides
+from conftest import INTERRUPTED, compose, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
-from orchard_app.engine.loop import Engine
 from orchard_app.errors import CheckpointError, StorageError, TrainingInterrupted
 
 
@@ -157,7 +156,8 @@ def test_a_read_only_run_dir_is_one_message(tiny_npz, tmp_path):
 
 # ---------------------------------------------------------------- resume: safe or refused
 def _interrupted_run(npz, tmp_path, *extra) -> Path:
-    """A run stopped by SIGTERM in the middle of epoch 2; returns its last.pt."""
+    """A run stopped by SIGTERM in the middle of epoch 2; returns its last.pt (the
+    `interrupted_run` fixture is this one, made once, without extra overrides)."""
     calls = [0]
 
     def sigterm(engine):
@@ -177,10 +177,12 @@ def _interrupted_run(npz, tmp_path, *extra) -> Path:
      ("training.batch_size=8", "training.batch_size: 16 in the checkpoint, 8 now"),
      ("training.epochs=5", "training.epochs: 3 in the checkpoint, 5 now")],
 )  # fmt: skip
-def test_a_mid_epoch_resume_with_another_epoch_shape_is_refused(tiny_npz, tmp_path, change, named):
-    last = _interrupted_run(tiny_npz, tmp_path)
+def test_a_mid_epoch_resume_with_another_epoch_shape_is_refused(
+    interrupted_run, shared_npz, tmp_path, change, named
+):
+    last = interrupted_run / "checkpoints" / "last.pt"  # training.epochs=3, stopped in epoch 2
     with pytest.raises(CheckpointError) as err:
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", change,
+        train(compose(*tiny_overrides(shared_npz, *INTERRUPTED, change,
                                       f"training.resume={last}")), tmp_path / "second")  # fmt: skip
     assert named in str(err.value) and "start fresh" in str(err.value)
 
@@ -239,9 +241,10 @@ def test_a_checkpoint_of_another_dataset_with_the_same_shape_is_refused(tiny_npz
 
 
 @pytest.mark.parametrize("forgery", ["no rng", "wrong weights", "no state"])
-def test_forged_or_incomplete_checkpoints_are_one_clear_error(tiny_npz, tmp_path, forgery):
-    run = tmp_path / "a"
-    train(compose(*tiny_overrides(tiny_npz)), run)
+def test_forged_or_incomplete_checkpoints_are_one_clear_error(
+    finished_run, shared_npz, tmp_path, forgery
+):
+    run = finished_run[0]  # train(compose(*tiny_overrides(shared_npz)), run)
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     if forgery == "no rng":
         del ckpt["rng"]
@@ -252,34 +255,38 @@ def test_forged_or_incomplete_checkpoints_are_one_clear_error(tiny_npz, tmp_path
         ckpt["model"][name] = torch.zeros(3, 3, 3, 3)
     forged = tmp_path / "forged.pt"
     torch.save(ckpt, forged)
-    result = run_cli(*tiny_overrides(tiny_npz, f"training.resume={forged}"), cwd=tmp_path)
+    result = run_cli(*tiny_overrides(shared_npz, f"training.resume={forged}"), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not a complete checkpoint of this run" in result.stderr
 
 
 # ---------------------------------------------------------------- interruptions and sweeps
-def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_path, monkeypatch):
-    real = Engine.load_best
+def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_path):
+    def sigterm_after_load_best(engine):  # a step hook: wraps this run's engine.load_best once
+        if engine.load_best.__name__ == "load_best_then_sigterm":
+            return
+        real = engine.load_best
 
-    def load_best_then_sigterm(self):
-        real(self)
-        os.kill(os.getpid(), signal.SIGTERM)
+        def load_best_then_sigterm():
+            real()
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(Engine, "load_best", load_best_then_sigterm)
+        engine.load_best = load_best_then_sigterm
+
     with pytest.raises(TrainingInterrupted) as err:
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=2")), tmp_path / "r")
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=2")), tmp_path / "r",
+              step_hooks=[sigterm_after_load_best])  # fmt: skip
     text = str(err.value)
     assert "during the test evaluation" in text and "up to epoch 2" in text
     assert err.value.checkpoint == str((tmp_path / "r" / "checkpoints" / "last.pt").resolve())
     assert "before training" not in text
 
 
-def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(tiny_npz, tmp_path):
-    result = run_cli("-m", *tiny_overrides(tiny_npz), "training.label_smoothing=0.1,1.5",
-                     cwd=tmp_path)  # fmt: skip
+def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(failing_sweep):
+    cwd, result = failing_sweep
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    (sweep,) = (cwd / "multirun").glob("*/*")
     summary = result.stderr[result.stderr.index(f"sweep {sweep.resolve()}") :]
     assert "2 job(s): 1 completed, 1 failed" in summary
     assert "training.label_smoothing=1.5: must be in [0, 1)" in summary
@@ -332,11 +339,15 @@ def test_an_unsafe_pickle_is_refused_without_passing_on_the_unsafe_advice(tiny_n
     assert "weights_only" not in result.stderr and not (tmp_path / "pwned.txt").exists()
 
 
-def test_the_same_experiment_on_two_machines_has_one_config_hash(tiny_npz, tmp_path, monkeypatch):
-    hashes = []
-    for machine in ("laptop", "cluster"):
-        monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path / machine / "data"))
-        monkeypatch.setenv("ORCHARD_CACHE_DIR", str(tmp_path / machine / "cache"))
-        train(compose(*tiny_overrides(tiny_npz)), tmp_path / machine / "run")
-        hashes.append(read_json(tmp_path / machine / "run" / "provenance.json")["config_hash"])
+def test_the_same_experiment_on_two_machines_has_one_config_hash(
+    finished_run, shared_npz, tmp_path, monkeypatch
+):
+    laptop = finished_run[0]  # the shared finished run, made with other data and cache dirs
+    monkeypatch.setenv("ORCHARD_DATA_DIR", str(tmp_path / "cluster" / "data"))
+    monkeypatch.setenv("ORCHARD_CACHE_DIR", str(tmp_path / "cluster" / "cache"))
+    train(compose(*tiny_overrides(shared_npz)), tmp_path / "cluster" / "run")
+    hashes = [
+        read_json(r / "provenance.json")["config_hash"]
+        for r in (laptop, tmp_path / "cluster" / "run")
+    ]
     assert hashes[0] == hashes[1]

@@ -31,7 +31,7 @@ def study_args(npz: Path, sweep: Path, *extra: str, preset: str = "hpo=quick") -
     bare sweeper, whose sampler and pruner the test chooses."""
     return ["-m", preset, f"hydra.sweep.dir={sweep}", "dataset=npz", f"dataset.path={npz}",
             "training.epochs=3", "training.batch_size=16", "evaluation.figures=false",
-            "hardware.num_threads=2", "hydra.sweeper.params={}", *extra]  # fmt: skip
+            "hardware.num_threads=1", "hydra.sweeper.params={}", *extra]  # fmt: skip
 
 
 def rows(sweep: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import compose, make_npz, tiny_overrides
+from conftest import INTERRUPTED, compose, make_npz, tiny_overrides
 
 from orchard_app import train
-from orchard_app.engine.loop import Engine
 from orchard_app.errors import NonFiniteLossError, RunPruned, TrainingInterrupted
 from orchard_app.outcomes import Outcome, exit_code, outcome_of
 
@@ -61,25 +61,15 @@ def test_optuna_trial_pruned_maps_to_pruned_by_name():
     assert outcome_of(interrupted) is Outcome.REQUEUED
 
 
-def _sigterm_at(n: int):
-    calls = [0]
-
-    def hook(engine):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
-def test_resume_auto_continues_the_same_dir_and_lists_both_attempts(tiny_npz, tmp_path):
-    args = tiny_overrides(tiny_npz, "training.epochs=3", "hardware.deterministic=true")
+def test_resume_auto_continues_the_same_dir_and_lists_both_attempts(
+    interrupted_run, shared_npz, tmp_path
+):
+    args = tiny_overrides(shared_npz, *INTERRUPTED)  # training.epochs=3, deterministic
     straight = tmp_path / "straight"
     train(compose(*args), straight)
 
-    run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        train(compose(*args), run, step_hooks=[_sigterm_at(9)])  # mid-epoch 2
+    run = tmp_path / "run"  # a copy of: train(compose(*args), run, step_hooks=[SIGTERM at 9])
+    shutil.copytree(interrupted_run, run)  # (stopped mid-epoch 2)
     assert read_json(run / "provenance.json")["status"] == "interrupted"
 
     train(compose(*args, "training.resume=auto"), run)
@@ -98,36 +88,43 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tiny_npz, tmp_path):
     assert [a["outcome"] for a in read_json(run / "provenance.json")["attempts"]] == ["completed"]
 
 
-def _scripted_val(monkeypatch, values):
-    """Replace the validation value of the monitor epoch by epoch (the engine's evaluate is
-    its public evaluation entry)."""
-    scripted, real = iter(values), Engine.evaluate
+def _scripted_val(values):
+    """A step hook that replaces the validation value of the monitor epoch by epoch: at the
+    run's first step it wraps that engine's `evaluate`, its evaluation entry (the Engine class
+    is left alone)."""
+    scripted, calls = iter(values), [0]
 
-    def evaluate(self, split, tta=False):
-        metrics, probs, labels = real(self, split, tta)
-        if split is self.pipeline.data.val:
-            metrics["auc"] = next(scripted)
-        return metrics, probs, labels
+    def hook(engine):
+        calls[0] += 1
+        if calls[0] > 1:
+            return
+        real = engine.evaluate
 
-    monkeypatch.setattr(Engine, "evaluate", evaluate)
+        def evaluate(split, tta=False):
+            metrics, probs, labels = real(split, tta)
+            if split is engine.pipeline.data.val:
+                metrics["auc"] = next(scripted)
+            return metrics, probs, labels
+
+        engine.evaluate = evaluate
+
+    return hook
 
 
-def test_a_nan_monitor_is_never_the_best_epoch(tiny_npz, tmp_path, monkeypatch):
-    _scripted_val(monkeypatch, [float("nan"), 0.6, 0.7])
+def test_a_nan_monitor_is_never_the_best_epoch(tiny_npz, tmp_path):
     value = train(
         compose(*tiny_overrides(tiny_npz, "training.epochs=3", "training.monitor=val_auc")),
-        tmp_path / "r",
-    )
+        tmp_path / "r", step_hooks=[_scripted_val([float("nan"), 0.6, 0.7])],
+    )  # fmt: skip
     assert value == 0.7 and read_json(tmp_path / "r" / "metrics.json")["best_epoch"] == 3
 
 
-def test_a_monitor_that_is_nan_throughout_is_a_clear_failure(tiny_npz, tmp_path, monkeypatch):
-    _scripted_val(monkeypatch, [float("nan")] * 2)
+def test_a_monitor_that_is_nan_throughout_is_a_clear_failure(tiny_npz, tmp_path):
     with pytest.raises(NonFiniteLossError, match="val_auc was NaN in all 2 epochs"):
         train(
             compose(*tiny_overrides(tiny_npz, "training.epochs=2", "training.monitor=val_auc")),
-            tmp_path / "r",
-        )
+            tmp_path / "r", step_hooks=[_scripted_val([float("nan")] * 2)],
+        )  # fmt: skip
     assert read_json(tmp_path / "r" / "provenance.json")["status"] == "failed"
 
 

@@ -179,9 +179,8 @@ def test_a_slurm_sweep_shows_each_launcher_warning_once(cluster, tiny_npz, tmp_p
 
 
 # ---------------------------------------------------------------------- 4. progress
-def test_a_basic_sweep_prints_a_line_per_job_and_a_table(tiny_npz, tmp_path):
-    result = run_cli("-m", *tiny_overrides(tiny_npz), "training.label_smoothing=0.1,1.5",
-                     cwd=tmp_path)  # fmt: skip
+def test_a_basic_sweep_prints_a_line_per_job_and_a_table(failing_sweep):
+    _, result = failing_sweep
     assert result.returncode == 1
     err = result.stderr
     assert "Traceback" not in err

@@ -161,21 +161,15 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
         pass
 
 
-def test_sigterm_during_training_records_interrupted_and_mlflow_killed(
-    tiny_npz, tmp_path, db, monkeypatch
-):
-    from orchard_app.tracking.mlflow_tracker import MlflowTracker
+def test_sigterm_during_training_records_interrupted_and_mlflow_killed(tiny_npz, tmp_path, db):
+    def sigterm_after_epoch_1(record, engine):  # as if SLURM preempted the job after epoch 1
+        if record["epoch"] == 1:  # (callbacks run after the tracker has logged the epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    log_epoch = MlflowTracker.on_epoch_end
-
-    def log_then_sigterm(self, record, engine):  # as if SLURM preempted the job after epoch 1
-        log_epoch(self, record, engine)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MlflowTracker, "on_epoch_end", log_then_sigterm)
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", *with_mlflow(db))), run_dir)
+        train(compose(*tiny_overrides(tiny_npz, "training.epochs=3", *with_mlflow(db))), run_dir,
+              [sigterm_after_epoch_1])  # fmt: skip
 
     prov = read_json(run_dir / "provenance.json")
     assert prov["status"] == "interrupted" and "SIGTERM" in prov["error"]
@@ -259,17 +253,19 @@ def test_the_ui_hint_opens_the_runs_in_the_model_training_view():
 
 
 def test_an_absent_tracking_server_fails_within_its_timeout_naming_the_uri(tiny_npz, tmp_path):
-    """MLflow's own retries take ~250 s to give up on a refused port; tracking.timeout_s=15."""
+    """MLflow's own retries take ~250 s to give up on a refused port; tracking.timeout_s=15 by
+    default, 2 here (the test need not wait out the default)."""
+    assert compose("tracking=mlflow").tracking.timeout_s == 15
     started = time.monotonic()
-    result = run_cli("tracking=mlflow", "tracking.uri=http://127.0.0.1:9/",
+    result = run_cli("tracking=mlflow", "tracking.uri=http://127.0.0.1:9/", "tracking.timeout_s=2",
                      *tiny_overrides(tiny_npz), cwd=tmp_path)  # fmt: skip
     wall = time.monotonic() - started
     assert result.returncode == 1
     err = result.stderr
     assert "Traceback" not in err and "Retrying" not in err  # urllib3's retries: in the log files
     assert "could not reach the MLflow store http://127.0.0.1:9/ (tracking.uri=http" in err
-    assert "Connection refused" in err and "tracking.timeout_s=15" in err
-    assert int(re.search(r"gave up after (\d+) s", err)[1]) <= 15
+    assert "Connection refused" in err and "tracking.timeout_s=2" in err
+    assert int(re.search(r"gave up after (\d+) s", err)[1]) <= 2
     assert wall < 60, wall  # start-up and torch import included
 
 
@@ -295,7 +291,7 @@ def test_params_are_flat_json_for_lists_and_cut_to_mlflow_limits():
 
 # ---------------------------------------------------------------------- provenance
 def test_provenance_records_code_config_environment_and_outcome(tiny_npz, tmp_path):
-    cfg = compose(*tiny_overrides(tiny_npz))
+    cfg = compose(*tiny_overrides(tiny_npz, "hardware.num_threads=2"))
     train(cfg, output_dir=tmp_path / "run")
 
     prov = read_json(tmp_path / "run" / "provenance.json")
