@@ -658,8 +658,10 @@ def test_the_shipped_digits_set_is_stratified_and_fixed():
 
 
 def test_conf_dataset_yamls_state_only_checked_values():
-    """YAMLs may state the task for readability; nothing else that INFO owns (URLs, MD5s, sizes)."""
+    """YAMLs may state the task (and laterality, checked in test_laterality.py) for readability,
+    and what INFO does not know (upright images); nothing else that INFO owns (URLs, MD5s, sizes)."""
     for name in mi.medmnist_2d_names():
         text = (ROOT / "conf" / "dataset" / f"{name}.yaml").read_text()
         body = [line for line in text.splitlines() if line and not line.startswith("#")]
-        assert {line.split(":")[0] for line in body} == {"name", "source", "task"}, name
+        keys = {line.split(":")[0] for line in body}
+        assert {"name", "source", "task"} <= keys <= {"name", "source", "task", "lateral", "upright"}
