@@ -19,6 +19,7 @@ from orchard_app.config.choices import (
     DistBackend,
     Monitor,
     MonitorMode,
+    Resize,
     Optimizer,
     Scheduler,
     Source,
@@ -52,9 +53,15 @@ class DatasetConfig:
     resolutions: list[int] | None = field(
         default_factory=lambda: list(MEDMNIST_RESOLUTIONS)
     )  # null = any
-    path: str | None = None  # npz only: the file
+    path: str | None = None  # npz: the file; folder: the folder of class subfolders
     task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports
+    # folder only (data/image_folder.py): split fractions when there are no train/val/test
+    # folders, drawn per class with split_seed (not training.seed: the test set stays put)
+    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_seed: int = 0
+    resize: Resize = "pad"  # pad: keep the aspect ratio; crop: the centred square; stretch
+    skip_unreadable: bool = False  # skip (and count) images that fail to decode, else refuse
     max_samples: int | None = None  # cap on training samples (stratified)
     force_rgb: bool = False  # replicate grayscale to 3 channels
     mean: float = 0.5  # normalisation: (x/255 - mean) / std, as the MedMNIST benchmark does

@@ -183,6 +183,14 @@ def _dataset(r: _Rules) -> None:
         r.fail("dataset.resolution", res, "must be an image side in pixels between 8 and 1024")
     if source == "npz" and not r.get("dataset.path"):
         r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
+    if source == "folder":
+        if not r.get("dataset.path"):
+            r.fail("dataset.path", None, "dataset=folder needs the folder: dataset.path=/data/imgs")
+        r.check(
+            "dataset.split",
+            lambda v: len(v) == 3 and min(v) > 0 and abs(sum(v) - 1) < 1e-6,
+            "must be three fractions > 0 (train, val, test) that sum to 1",
+        )
     if source == "medmnist":
         from orchard_app.data.medmnist_info import medmnist_2d_names
 
