@@ -36,7 +36,7 @@ def read_image(path: str | Path) -> np.ndarray:
             elif im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 im = im.convert("RGB")
             a = np.asarray(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # Pillow raises many kinds for a damaged or foreign file
         raise UnreadableImage(f"{path} cannot be read as an image ({e})") from None
     return _to_uint8(a)
 
