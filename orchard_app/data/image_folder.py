@@ -187,8 +187,9 @@ def _build(root: Path, manifest: dict, target: Path, ds) -> None:
             rows = np.flatnonzero(kept & np.array([f[0] == s for f in files]))
             out = np.lib.format.open_memmap(tmp / f"{s}_images.npy", "w+", np.uint8,
                                             (len(rows), side, side) + (() if grey else (3,)))  # fmt: skip
-            for a in range(0, len(rows), 4096):
-                block = work[rows[a : a + 4096]]
+            step = max(1, (64 << 20) // (side * side * 3))  # rows per copy: 64 MiB at most
+            for a in range(0, len(rows), step):
+                block = work[rows[a : a + step]]
                 out[a : a + len(block)] = block[..., 0] if grey else block
             out.flush()
             np.save(tmp / f"{s}_labels.npy", labels[rows].reshape(-1, 1))
