@@ -162,6 +162,8 @@ def _build(root: Path, manifest: dict, target: Path, ds) -> None:
     from tqdm.auto import tqdm
 
     files, side = manifest["files"], int(ds.resolution)
+    log.info("%s: converting %d images to %d px (dataset.resize=%s) into %s, once", root,
+             len(files), side, ds.resize, target.parent)  # fmt: skip
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.mkdir()
     try:
