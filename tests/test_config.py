@@ -32,7 +32,7 @@ def group_options():
 
 @pytest.mark.parametrize(("group", "option"), list(group_options()))
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
-    extra = [f"dataset.path={tmp_path / 'x.npz'}"] if (group, option) == ("dataset", "npz") else []
+    extra = [f"dataset.path={tmp_path / 'x'}"] if option in ("npz", "folder") else []
     cfg = compose(f"{group}={option}", *extra)
     assert cfg[group] is not None
     if group == "model" and cfg.model.resolutions and 28 not in cfg.model.resolutions:

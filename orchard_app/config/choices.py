@@ -11,7 +11,8 @@ from typing import Literal, get_args
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["cosine", "multistep", "step", "plateau", "onecycle", "none"]
-Source = Literal["digits", "medmnist", "npz"]  # embedded | official files | dataset.path
+Source = Literal["digits", "medmnist", "npz", "folder"]  # embedded | official | dataset.path
+Resize = Literal["pad", "crop", "stretch"]  # how a folder's images reach dataset.resolution
 Task = Literal["multi-class", "binary", "multi-label", "ordinal"]
 Tracker = Literal["none", "mlflow"]
 Monitor = Literal["val_loss", "val_accuracy", "val_balanced_accuracy", "val_auc", "val_macro_f1"]

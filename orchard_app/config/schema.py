@@ -22,6 +22,7 @@ from orchard_app.config.choices import (
     Monitor,
     MonitorMode,
     Optimizer,
+    Resize,
     Scheduler,
     Source,
     Task,
@@ -72,11 +73,18 @@ class DatasetConfig:
     root: str = "${oc.env:ORCHARD_DATA_DIR,'~/.medmnist'}"
     resolution: int = 28
     resolutions: list[int] | None = field(default_factory=medmnist_sides)  # null = any
-    path: str | None = None  # npz only: the file
+    path: str | None = None  # npz: the file; folder: the folder of class subfolders
     task: Task | None = None  # null: inferred from the data
     label_names: list[str] | None = None  # npz only: names for reports
     lateral: bool | None = None  # class names name a side: no horizontal flips (null: inferred)
     upright: bool = False  # images have a canonical up (X-ray, CT, ultrasound, OCT)
+    # folder only (data/image_folder.py): split fractions when there are no train/val/test
+    # folders, drawn per class with split_seed (not training.seed: the test set stays put)
+    split: list[float] = rule([0.7, 0.1, 0.2], "three fractions {} (train, val, test) that sum to 1",
+                              lambda v: len(v) == 3 and abs(sum(v) - 1) < 1e-6, gt=0)  # fmt: skip
+    split_seed: int = 0
+    resize: Resize = "pad"  # pad: keep the aspect ratio; crop: the centred square; stretch
+    skip_unreadable: bool = False  # skip (and count) images that fail to decode, else refuse
     # cap on training samples (stratified)
     max_samples: int | None = rule(None, "{}, or null for the whole training split", ge=1)
     force_rgb: bool = False  # replicate grayscale to 3 channels

@@ -93,6 +93,8 @@ def _dataset(r: _Rules) -> None:
         r.fail("dataset.resolution", res, "must be an image side in pixels between 8 and 1024")
     if source == "npz" and not r.get("dataset.path"):
         r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
+    if source == "folder" and not r.get("dataset.path"):
+        r.fail("dataset.path", None, "dataset=folder needs the folder: dataset.path=/data/imgs")
     if source == "medmnist":
         names = medmnist_2d_names()
         if name not in names:

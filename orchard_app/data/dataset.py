@@ -102,6 +102,14 @@ def load_dataset(ds, seed: int) -> DataBundle:
             "multi-class",
             10,
         )
+    elif ds.source == "folder":
+        from orchard_app.data.image_folder import folder_arrays
+
+        arrays, folders, file = folder_arrays(ds, writable_dir(cache_dir, "dataset.cache_dir"))
+        names, task, num_classes, where = ds.label_names or folders, ds.task, len(folders), file
+        big = sum(v.nbytes for v in arrays.values()) > MEMMAP_AUTO_BYTES
+        if not (big if memmap is None else memmap):
+            arrays = {k: np.array(v) for k, v in arrays.items()}  # small: in RAM, as an npz
     else:
         if ds.source == "medmnist":
             from orchard_app.data import files
