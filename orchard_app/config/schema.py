@@ -147,6 +147,7 @@ class EvaluationConfig:
     tta: bool = False  # average predictions over flips at test time
     figures: bool = True
     sample_grid: int = 32  # test images shown in the sample grid
+    saliency: bool = False  # a Grad-CAM figure of test images (correct and wrong) in report.md
 
 
 @dataclass

@@ -103,7 +103,7 @@ def train(
         summary = _summary(cfg, engine, data, test, parts.n_params, train_seconds, ctx.device)
         if ctx.is_main:
             progress.phase = "writing the results"
-            _write_artifacts(cfg, run_path, summary, config, data, labels, probs)
+            _write_artifacts(cfg, run_path, summary, config, data, labels, probs, parts)
             try:
                 if cfg.export.enabled:  # the best checkpoint, as a deployment would get it
                     progress.phase = "the deployment export"
@@ -227,16 +227,16 @@ def _export(cfg, run_path: Path, data) -> dict:
     return summary_metrics(bench)
 
 
-def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs) -> None:
+def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs, parts) -> None:
     names = list(data.info.label_names)
     write_metrics(run_path / "metrics.json", summary)
     write_predictions(run_path / "predictions_test.csv", data.info.task, labels, probs, names)
-    figs = _figures(cfg, run_path, summary, data, labels, probs) if cfg.evaluation.figures else []
+    figs = _figures(cfg, run_path, summary, data, labels, probs, parts) if cfg.evaluation.figures else []
     write_report(run_path / "report.md", summary, config, figs)
 
 
 def _figures(
-    cfg, run_path: Path, summary: dict, data, labels: np.ndarray, probs: np.ndarray
+    cfg, run_path: Path, summary: dict, data, labels: np.ndarray, probs: np.ndarray, parts
 ) -> list[str]:
     info = data.info
     names = list(info.label_names)
@@ -275,6 +275,12 @@ def _figures(
             out / "test_samples.png", sample, labels[idx], probs[idx], names, info.task
         )
         made.append("figures/test_samples.png")
+    if cfg.evaluation.saliency:
+        from orchard_app.evaluation.saliency import saliency_figure
+
+        model = torch.nn.Sequential(parts.pipeline.preprocess, parts.model)  # raw pixels in
+        saliency_figure(model, data.test.rows, labels, probs, names, out / "saliency.png")
+        made.append("figures/saliency.png")
     return made
 
 
