@@ -227,11 +227,17 @@ def _export(cfg, run_path: Path, data) -> dict:
     return summary_metrics(bench)
 
 
-def _write_artifacts(cfg, run_path: Path, summary: dict, config: dict, data, labels, probs, parts) -> None:
+def _write_artifacts(
+    cfg, run_path: Path, summary: dict, config: dict, data, labels, probs, parts
+) -> None:
     names = list(data.info.label_names)
     write_metrics(run_path / "metrics.json", summary)
     write_predictions(run_path / "predictions_test.csv", data.info.task, labels, probs, names)
-    figs = _figures(cfg, run_path, summary, data, labels, probs, parts) if cfg.evaluation.figures else []
+    figs = (
+        _figures(cfg, run_path, summary, data, labels, probs, parts)
+        if cfg.evaluation.figures
+        else []
+    )
     write_report(run_path / "report.md", summary, config, figs)
 
 
