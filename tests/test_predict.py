@@ -182,3 +182,18 @@ def test_bad_inputs_are_one_message_and_an_exit_code(trained, tmp_path, case):
     assert result.returncode == 1, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "predictions").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_multilabel_rows_name_the_labels_above_one_half(tmp_path, capsys):
+    """Through the checkpoint (no export): one probability column per label, `;`-joined labels."""
+    npz = make_npz(tmp_path / "ml.npz", classes=3, multilabel=True)
+    run = tmp_path / "run"
+    train(compose(*tiny_overrides(npz, "dataset.label_names=[a,b,c]")), output_dir=run)
+    main([str(run), f"{npz}:test", "--out", str(tmp_path / "out")])
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(rows[0]) == ["input", "prediction", "prob_a", "prob_b", "prob_c"]
+    for r in rows:
+        above = [n for n in "abc" if float(r[f"prob_{n}"]) > 0.5]
+        assert r["prediction"] == ";".join(above)
+    assert "labels above 0.5:" in capsys.readouterr().out

@@ -100,14 +100,15 @@ def grid_figure(path: Path, images: np.ndarray, cams: np.ndarray, titles: list[s
 
 def saliency_figure(model, images, labels, probs, names, out_path: Path, per_side: int = 8) -> None:
     """Test images with their Grad-CAM overlays for the predicted class, correct predictions on
-    the left, wrong ones on the right (up to `per_side` each, the most confident first).
+    the left, wrong ones on the right (up to `per_side` each, a seeded random choice).
     `images`: N x C x H x W uint8, or a function of an index array returning those rows."""
     multilabel = labels.ndim == 2
     pred = (probs > 0.5).astype(labels.dtype) if multilabel else probs.argmax(1)
     right = (pred == labels).all(1) if multilabel else pred == labels
-    confidence = probs.max(1)
-    sides = [np.flatnonzero(right == ok) for ok in (True, False)]
-    sides = [idx[np.argsort(-confidence[idx], kind="stable")][:per_side] for idx in sides]
+    rng = np.random.default_rng(0)
+    sides = [
+        np.sort(rng.permutation(np.flatnonzero(right == ok))[:per_side]) for ok in (True, False)
+    ]
     rows = max(1, *(len(s) for s in sides))
     plt = _plt()
     fig, axes = plt.subplots(rows, 4, figsize=(7.0, 1.8 * rows), squeeze=False)
