@@ -664,4 +664,6 @@ def test_conf_dataset_yamls_state_only_checked_values():
         text = (ROOT / "conf" / "dataset" / f"{name}.yaml").read_text()
         body = [line for line in text.splitlines() if line and not line.startswith("#")]
         keys = {line.split(":")[0] for line in body}
-        assert {"name", "source", "task"} <= keys <= {"name", "source", "task", "lateral", "upright"}
+        assert (
+            {"name", "source", "task"} <= keys <= {"name", "source", "task", "lateral", "upright"}
+        )

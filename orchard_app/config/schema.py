@@ -192,6 +192,7 @@ class EvaluationConfig:
     figures: bool = True
     # test images shown in the sample grid
     sample_grid: int = rule(32, "{} (0 = no sample grid)", ge=0)
+    saliency: bool = False  # a Grad-CAM figure of test images (correct and wrong) in report.md
 
 
 @dataclass

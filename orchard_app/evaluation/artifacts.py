@@ -32,14 +32,15 @@ def clean_json(value: Any) -> Any:
 
 
 def write_results(run_dir: Path, summary: RunSummary, config: dict, data, labels: np.ndarray,
-                  probs: np.ndarray, evaluation) -> None:  # fmt: skip
+                  probs: np.ndarray, evaluation, saliency_model=None) -> None:  # fmt: skip
     """predictions_test.csv, the figures (`evaluation.figures`) and report.md; metrics.json
     comes last, from `train()`, once everything else is written."""
     names = list(data.info.label_names)
     write_predictions(run_dir / PREDICTIONS, data.info.task, labels, probs, names)
     figures = []
     if evaluation.figures:
-        figures = run_figures(run_dir, summary, data, labels, probs, evaluation.sample_grid)
+        figures = run_figures(run_dir, summary, data, labels, probs, evaluation.sample_grid,
+                              saliency_model if evaluation.saliency else None)  # fmt: skip
     write_report(run_dir / REPORT, summary, config, figures)
 
 

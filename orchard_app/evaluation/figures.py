@@ -18,8 +18,9 @@ DPI = 110
 
 
 def run_figures(run_dir: Path, summary, data, labels: np.ndarray, probs: np.ndarray,
-                samples: int) -> list[str]:  # fmt: skip
-    """Draw a run's figures; returns their paths relative to the run dir, for the report."""
+                samples: int, saliency_model=None) -> list[str]:  # fmt: skip
+    """Draw a run's figures; returns their paths relative to the run dir, for the report.
+    `saliency_model` (raw pixels in, logits out) adds the Grad-CAM figure."""
     info, names = data.info, list(data.info.label_names)
     (run_dir / FIGURES_DIR).mkdir(exist_ok=True)
     made: list[str] = []
@@ -49,6 +50,10 @@ def run_figures(run_dir: Path, summary, data, labels: np.ndarray, probs: np.ndar
         idx = np.random.default_rng(0).choice(len(labels), size=n, replace=False)
         sample = data.test.rows(torch.from_numpy(idx)).cpu().numpy()
         sample_grid(path("test_samples.png"), sample, labels[idx], probs[idx], names, info.task)
+    if saliency_model is not None:
+        from orchard_app.evaluation.saliency import saliency_figure
+
+        saliency_figure(saliency_model, data.test.rows, labels, probs, names, path("saliency.png"))
     return made
 
 

@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchard_app.errors import CheckpointError, OrchardError, print_error
+from orchard_app.errors import OrchardError, print_error
+from orchard_app.export.trained import resolve_target, saved_config
 from orchard_app.rundir import layout
 
 PROG = "python -m orchard_app.export"
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | None:
     """Export `target` (a run directory or a checkpoint file); returns benchmark.json's content."""
     checkpoint, run_dir = resolve_target(Path(target).expanduser())
-    saved, source, ckpt = _saved_config(checkpoint, run_dir)
+    saved, source, ckpt = saved_config(checkpoint, run_dir)
     from orchard_app.config.saved import compose_saved
 
     cfg = compose_saved(saved, overrides, source)
@@ -48,45 +49,6 @@ def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | Non
 
     validate(cfg)
     return _export(cfg, checkpoint, run_dir, ckpt)
-
-
-def resolve_target(target: Path) -> tuple[Path, Path]:
-    """(checkpoint, run directory): a run dir's checkpoints/best.pt, or the file given."""
-    if target.is_dir():
-        best = layout.best_checkpoint(target)
-        if not best.is_file():
-            raise CheckpointError(
-                f"{target} has no {best.relative_to(target)}: not a run directory, or its run never "
-                f"finished an epoch.\n  Pass a run directory (outputs/<date>/<run>) or a "
-                f"checkpoint file: {PROG} <run dir or checkpoint>"
-            )
-        return best, target
-    if target.is_file():
-        in_run = target.parent.name == layout.CHECKPOINTS_DIR
-        return target, (layout.run_dir_of_checkpoint(target) if in_run else target.parent)
-    raise CheckpointError(
-        f"{target}: no such run directory or checkpoint file.\n"
-        f"  Pass a run directory (outputs/<date>/<run>) or a checkpoint: {PROG} <path>"
-    )
-
-
-def _saved_config(checkpoint: Path, run_dir: Path) -> tuple[dict, str, dict | None]:
-    """The run's config: .hydra/config.yaml when the run dir has one (no torch needed),
-    else the resolved config recorded in the checkpoint (read once, reused for the weights)."""
-    hydra_config = layout.saved_config(run_dir)
-    if hydra_config.is_file():
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(OmegaConf.load(hydra_config)), str(hydra_config), None
-    from orchard_app.engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    if not ckpt.get("config"):
-        raise CheckpointError(
-            f"{checkpoint} records no config and {hydra_config} is missing, so the model cannot "
-            "be rebuilt; export a checkpoint written by orchard_app training"
-        )
-    return ckpt["config"], str(checkpoint), ckpt
 
 
 def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from orchard_app.config.resolvers import (
@@ -105,7 +106,8 @@ def train(
         summary = RunSummary.of(cfg, engine, data, test, parts.n_params, train_seconds)
         if ctx.is_main:
             progress.phase = "writing the results"
-            write_results(run_path, summary, config, data, labels, probs, cfg.evaluation)
+            explained = torch.nn.Sequential(parts.pipeline.preprocess, parts.model)  # raw pixels in
+            write_results(run_path, summary, config, data, labels, probs, cfg.evaluation, explained)
             exported = {}
             try:
                 if cfg.export.enabled:  # the best checkpoint, as a deployment would get it
