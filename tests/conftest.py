@@ -167,7 +167,10 @@ def cluster():
     if not LOCAL_SLURM.is_file():
         pytest.skip(f"the local SLURM cluster script is not at {LOCAL_SLURM}")
     was_up = subprocess.run([LOCAL_SLURM, "status"], capture_output=True).returncode == 0
-    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True,
+    # The node advertises `nproc` CPUs, and nproc obeys OMP_NUM_THREADS, which an xdist worker
+    # sets to 1: a 2-task job would then be refused ("More processors requested than permitted").
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True, env=env,
                              stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     yield
