@@ -1,0 +1,49 @@
+"""Studies under bad input (issue 22): each refusal is one message naming the problem and the
+fix, no traceback, a meaningful exit code, and nothing run."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_npz, run_cli
+from test_hpo import BARE, ok, rows, study_args
+
+
+@pytest.fixture
+def npz(tmp_path):
+    return make_npz(tmp_path / "tiny.npz")
+
+
+def refused(result, code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for w in words:
+        assert w in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("space", "says"), [
+    ("optimizer.lr=interval(1e-1,1e-4)", "optimizer.lr=interval(0.1, 0.0001): low > high"),
+    ("optimizer.lr=tag(log,interval(0,1e-2))", "tag(log, interval(0.0, 0.01)): a log scale needs low > 0"),
+    ("training.batch_size=range(32,128,0)", "range(32, 128, 0): the step is 0"),
+    ("optimizer.lr=interval(1e-4,nan)", "interval(0.0001, nan): a bound is not finite"),
+])  # fmt: skip
+def test_a_malformed_search_space_is_refused_before_the_study(npz, tmp_path, space, says):
+    sweep = tmp_path / "sweep"
+    result = run_cli(*study_args(npz, sweep, space, preset=BARE), cwd=tmp_path)
+    refused(result, 2, "invalid search space: optimizer.lr=" if "lr" in space else "", says)
+    assert not (sweep / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_a_study_of_no_trials_is_refused(npz, tmp_path, n):
+    sweep = tmp_path / "sweep"
+    result = run_cli(*study_args(npz, sweep, f"hydra.sweeper.n_trials={n}"), cwd=tmp_path)
+    refused(result, 2, f"hydra.sweeper.n_trials={n}", "n_trials >= 1")
+    assert not (sweep / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("search", ["interval(1,3)", "choice(1,2)"])
+def test_a_fixed_value_and_a_search_over_one_key_are_refused(npz, tmp_path, search):
+    sweep = tmp_path / "sweep"
+    result = run_cli(*study_args(npz, sweep, "training.epochs=1", f"training.epochs={search}",
+                                 preset=BARE), cwd=tmp_path)  # fmt: skip
+    refused(result, 2, f"training.epochs=1 and training.epochs={search} both given")
