@@ -47,3 +47,42 @@ def test_a_fixed_value_and_a_search_over_one_key_are_refused(npz, tmp_path, sear
     result = run_cli(*study_args(npz, sweep, "training.epochs=1", f"training.epochs={search}",
                                  preset=BARE), cwd=tmp_path)  # fmt: skip
     refused(result, 2, f"training.epochs=1 and training.epochs={search} both given")
+
+
+def _finished_study(url: str, n: int = 1, space=None) -> None:
+    """A study as a sweep leaves it: `n` completed trials (made here, not by a sweep: fast)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from orchard_app.hpo.storage import open_storage
+
+    study = optuna.create_study(study_name="orchard", storage=open_storage(url),
+                                direction="maximize")  # fmt: skip
+    space = space or {"training.batch_size": CategoricalDistribution((32, 64, 128))}
+    for i in range(n):
+        trial = study.ask(space)
+        study.tell(trial, 0.5 + i / 10)
+
+
+def test_a_journal_url_with_three_slashes_is_the_absolute_file_and_a_full_study_runs_nothing(
+    npz, tmp_path
+):
+    journal = tmp_path / "elsewhere" / "optuna.journal"
+    journal.parent.mkdir()
+    _finished_study(f"journal:///{journal}")  # journal:////abs: four slashes
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, f"hydra.sweeper.storage=journal://{journal}",
+                                    "hydra.sweeper.n_trials=1"), cwd=cwd))  # fmt: skip
+    assert "1 trial(s) so far" in result.stderr
+    assert "nothing is left to run" in result.stderr
+    assert not list(sweep.glob("*/provenance.json")) and not list(cwd.iterdir())
+
+
+def test_a_journal_in_a_directory_that_does_not_exist_is_refused(npz, tmp_path):
+    missing = tmp_path / "no" / "such" / "dir" / "optuna.journal"
+    result = run_cli(*study_args(npz, tmp_path / "sweep", f"hydra.sweeper.storage=journal://{missing}"),
+                     cwd=tmp_path)  # fmt: skip
+    refused(result, 1, "a directory that does not exist", "journal:///<absolute path>")
+    assert not missing.parent.exists()

@@ -108,6 +108,10 @@ class StudySweeper:
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
         returns: list[Any] = []
+        if _done(study) >= self.n_trials:
+            log.info("nothing is left to run: the study already holds %d finished trial(s), "
+                     "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
+                     self.n_trials)  # fmt: skip
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
         try:
             while (to_go := self.n_trials - _done(study)) > 0:

@@ -108,7 +108,7 @@ class Progress:
     # ------------------------------------------------------------------ the line
     def line(self, row: dict[str, Any]) -> str:
         ended = sum(r["outcome"] in ENDED for r in self.rows.values())
-        count = f"{ended}/{self.total}" if self.total else str(ended)
+        count = f"{ended}/{self.total}" if self.total and ended <= self.total else str(ended)
         parts = [f"{self.noun} {count} done: #{row['job']} {self.describe(row)}"]
         best = best_job(self.rows.values(), self.direction)
         if best is not None:
