@@ -86,3 +86,25 @@ def test_a_journal_in_a_directory_that_does_not_exist_is_refused(npz, tmp_path):
                      cwd=tmp_path)  # fmt: skip
     refused(result, 1, "a directory that does not exist", "journal:///<absolute path>")
     assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize(("before", "now", "says"), [
+    ("choice", "model.dropout=choice(0.1,0.2)",
+     "searched model.dropout=choice(0.1, 0.2, 0.3), now model.dropout=choice(0.1, 0.2)"),
+    ("interval", "optimizer.lr=interval(1e-3,1e-1)",
+     "searched optimizer.lr=interval(0.001, 0.01), now optimizer.lr=interval(0.001, 0.1)"),
+])  # fmt: skip
+def test_a_study_whose_search_space_changed_is_refused_before_asking(npz, tmp_path, before, now,
+                                                                     says):  # fmt: skip
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    _finished_study(url, space={"model.dropout": CategoricalDistribution((0.1, 0.2, 0.3))}
+                    if before == "choice" else {"optimizer.lr": FloatDistribution(1e-3, 1e-2)})  # fmt: skip
+    result = run_cli(*study_args(npz, sweep, now, "hydra.sweeper.n_trials=3", preset=BARE),
+                     cwd=tmp_path)  # fmt: skip
+    refused(result, 1, says, "another hydra.sweeper.study_name or sweep dir")
+    assert len(optuna.load_study(study_name="orchard", storage=url).trials) == 1  # none asked

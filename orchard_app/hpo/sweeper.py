@@ -103,6 +103,7 @@ class StudySweeper:
                 "postgresql://user@host:port/db (needs psycopg: pip install 'psycopg[binary]')."
             ) from None
         self._check_direction(study)
+        self._check_space(study, space)
         stale = self._fail_stale(study)
         log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
@@ -194,6 +195,19 @@ class StudySweeper:
                 f"{study.direction.name.lower()}, but training.monitor={self._monitor()} is to "
                 f"{self._direction()}.\n  Use another hydra.sweeper.study_name or sweep dir."
             )
+
+    def _check_space(self, study: optuna.Study, space: dict) -> None:
+        """Optuna cannot continue a study whose distributions changed (a traceback at the first
+        ask, and one more failed trial): refuse before asking, naming both spaces."""
+        for t in study.get_trials(deepcopy=False):
+            for name, d in space.items():
+                old = t.distributions.get(name)
+                if old is not None and old != d:
+                    raise HpoError(
+                        f"the study '{self.study_name}' searched {name}={_space(old)}, now "
+                        f"{name}={_space(d)}: a study keeps its search space.\n  Use another "
+                        "hydra.sweeper.study_name or sweep dir for the new space."
+                    )
 
     def _grid(self, space: dict) -> None:
         """Keep the stock grid-sampler behaviour: the grid is the space, n_trials at most its size."""
@@ -312,6 +326,17 @@ def _reason(e: ValueError) -> str:
     if "low > 0" in text:
         return "a log scale needs low > 0"
     return "the step is 0" if "nonzero step" in text else text
+
+
+def _space(d: Any) -> str:
+    """A distribution as the override that asks for it: choice(16, 32), interval(0.1, 1.0)."""
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return f"choice({', '.join(map(str, d.choices))})"
+    if d.step not in (None, 1) or isinstance(d, optuna.distributions.IntDistribution):
+        text = f"range({d.low}, {d.high}, {d.step})"
+    else:
+        text = f"interval({d.low}, {d.high})"
+    return f"tag(log, {text})" if d.log else text
 
 
 def _done(study: optuna.Study) -> int:
