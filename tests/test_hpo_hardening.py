@@ -108,3 +108,56 @@ def test_a_study_whose_search_space_changed_is_refused_before_asking(npz, tmp_pa
                      cwd=tmp_path)  # fmt: skip
     refused(result, 1, says, "another hydra.sweeper.study_name or sweep dir")
     assert len(optuna.load_study(study_name="orchard", storage=url).trials) == 1  # none asked
+
+
+def _recorded_sweep(sweep, values=(0.7308, 0.6282)):
+    """A sweep dir as an accuracy study leaves it: its study and a jobs.jsonl row per trial."""
+    import json
+
+    sweep.mkdir()
+    _finished_study(f"sqlite:///{sweep / 'optuna.db'}", n=len(values))
+    rows_ = [{"job": i, "outcome": "completed", "value": v, "run_dir": None}
+             for i, v in enumerate(values)]  # fmt: skip
+    (sweep / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_))
+
+
+def test_a_refused_resume_prints_no_replayed_values(npz, tmp_path):
+    sweep = tmp_path / "sweep"
+    _recorded_sweep(sweep)
+    result = run_cli(*study_args(npz, sweep, "training.monitor=val_loss", "hydra.sweeper.n_trials=3"),
+                     cwd=tmp_path)  # fmt: skip
+    refused(result, 1, "made to maximize, but training.monitor=val_loss is to minimize")
+    assert "0.7308" not in result.stderr and "0.6282" not in result.stderr
+    assert "done:" not in result.stderr and "job(s)" not in result.stderr
+
+
+def test_a_study_of_another_monitor_is_refused_before_its_values_are_shown(npz, tmp_path):
+    import optuna
+
+    sweep = tmp_path / "sweep"
+    _recorded_sweep(sweep)
+    optuna.load_study(
+        study_name="orchard", storage=f"sqlite:///{sweep / 'optuna.db'}"
+    ).set_user_attr("monitor", "val_auc")
+    result = run_cli(*study_args(npz, sweep, "hydra.sweeper.n_trials=2"), cwd=tmp_path)
+    refused(result, 1, "holds values of training.monitor=val_auc, not val_accuracy")
+    assert "0.7308" not in result.stderr
+
+
+@pytest.mark.parametrize(("space", "states"), [
+    ("training.seed=choice(0,abc)", ["COMPLETE", "FAIL"]),
+    ("training.no_such_key=choice(1,2)", ["FAIL", "FAIL"]),
+])  # fmt: skip
+def test_sampled_values_hydra_cannot_compose_fail_their_trial_and_the_study_goes_on(
+    npz, tmp_path, space, states
+):
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, "hydra/sweeper/sampler=grid", "training.epochs=1",
+                                    "hydra.sweeper.max_failure_rate=1.0", space, preset=BARE),
+                        cwd=tmp_path))  # fmt: skip
+    table = sorted(rows(sweep), key=lambda r: r["state"])
+    assert [r["state"] for r in table] == states
+    assert all(
+        "the sampled values do not compose" in r["error"] for r in table if r["state"] == "FAIL"
+    )
+    assert "queued again" not in result.stderr and "failed" in result.stderr  # its progress line

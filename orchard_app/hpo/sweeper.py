@@ -39,8 +39,10 @@ from orchard_app.hpo import report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import absolute_url, default_url, open_storage
-from orchard_app.run.job_record import read_jobs
+from orchard_app.outcomes import Outcome
+from orchard_app.run.job_record import append_row, read_jobs
 from orchard_app.rundir.layout import STUDY_CSV
+from orchard_app.sweep import progress
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -104,6 +106,8 @@ class StudySweeper:
             ) from None
         self._check_direction(study)
         self._check_space(study, space)
+        self._check_monitor(study)
+        progress.release()
         stale = self._fail_stale(study)
         log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
@@ -120,12 +124,13 @@ class StudySweeper:
                     log.info("study stops early: %s", reason)
                     break
                 batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-                overrides = [self._overrides(t, url, fixed_args) for t in batch]
                 self._launching = batch
-                results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-                for trial, ret in zip(batch, results, strict=True):
-                    self._tell(study, trial, ret)
-                returns += results
+                for run in self._composed(study, batch, url, fixed_args):
+                    overrides = [self._overrides(t, url, fixed_args) for t in run]
+                    results = self.launcher.launch(overrides, initial_job_idx=run[0].number)
+                    for trial, ret in zip(run, results, strict=True):
+                        self._tell(study, trial, ret)
+                    returns += results
                 report.write(study, self.sweep_dir, self.config)
                 self._check_failures(study)
         except BaseException:
@@ -148,6 +153,28 @@ class StudySweeper:
         env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
         return (*(f"{k}={v}" for k, v in trial.params.items()), *fixed_args,
                 *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
+
+    def _composed(self, study: optuna.Study, batch: list, url: str, fixed_args: list[str]):
+        """The batch's trials whose values Hydra composes, in runs of consecutive numbers (a
+        job's number is its trial's); one that does not compose (unknown key, wrong type, bad
+        enum) is a failed trial with Hydra's message, and the study goes on."""
+        runs: list[list] = [[]]
+        for trial in batch:
+            try:
+                self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(self._overrides(trial, url, fixed_args))
+                )
+            except Exception as e:  # Hydra's ConfigCompositionException, or OmegaConf's errors
+                text = "the sampled values do not compose: " + " ".join(str(e).split())[:1000]
+                trial.set_user_attr("error", text)  # not study.tell: a grid sampler's
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # stop()
+                append_row(self.sweep_dir, {"job": trial.number, "outcome": Outcome.FAILED,
+                                            "value": None, "error": text, "run_dir": None,
+                                            "overrides": [f"{k}={v}" for k, v in trial.params.items()]})  # fmt: skip
+                runs.append([])
+                continue
+            runs[-1].append(trial)
+        return [run for run in runs if run]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
         """Only a job that could not tell its own end (it died, or ran outside our job code):
@@ -194,6 +221,18 @@ class StudySweeper:
                 f"the study '{self.study_name}' in this storage was made to "
                 f"{study.direction.name.lower()}, but training.monitor={self._monitor()} is to "
                 f"{self._direction()}.\n  Use another hydra.sweeper.study_name or sweep dir."
+            )
+
+    def _check_monitor(self, study: optuna.Study) -> None:
+        """A study's values are of one monitor (its progress lines and table are labelled so)."""
+        recorded = study.user_attrs.get("monitor")
+        if recorded is None:
+            study.set_user_attr("monitor", self._monitor())
+        elif recorded != self._monitor():
+            raise HpoError(
+                f"the study '{self.study_name}' in this storage holds values of training.monitor="
+                f"{recorded}, not {self._monitor()}.\n  Use training.monitor={recorded}, or "
+                "another hydra.sweeper.study_name or sweep dir."
             )
 
     def _check_space(self, study: optuna.Study, space: dict) -> None:
