@@ -161,3 +161,12 @@ def test_sampled_values_hydra_cannot_compose_fail_their_trial_and_the_study_goes
         "the sampled values do not compose" in r["error"] for r in table if r["state"] == "FAIL"
     )
     assert "queued again" not in result.stderr and "failed" in result.stderr  # its progress line
+
+
+def test_a_postgresql_password_is_masked_in_what_the_sweep_prints(npz, tmp_path):
+    pytest.importorskip("psycopg")
+    url = "postgresql://user:s3cret@127.0.0.1:1/db"
+    result = run_cli(*study_args(npz, tmp_path / "sweep", f"hydra.sweeper.storage={url}"),
+                     cwd=tmp_path, timeout=120)  # fmt: skip
+    refused(result, 1, "cannot open the study storage postgresql://user:***@127.0.0.1:1/db")
+    assert "s3cret" not in result.stderr + result.stdout

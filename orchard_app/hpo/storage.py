@@ -37,6 +37,28 @@ def absolute_url(url: str, base: str | Path) -> str:
     return url
 
 
+def masked(url: str) -> str:
+    """`postgresql://user:***@host/db`: a URL as it may be shown or stored."""
+    head, sep, tail = url.partition("://")
+    creds, at, host = tail.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{head}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def without_password(url: str) -> tuple[str, str | None]:
+    """The URL the jobs get (their config is written to disk) and the password, which they get
+    through libpq's PGPASSWORD instead (psycopg honours it, and ~/.pgpass)."""
+    if masked(url) == url:
+        return url, None
+    head, _, tail = url.partition("://")
+    creds, _, host = tail.rpartition("@")
+    user, _, password = creds.partition(":")
+    from urllib.parse import unquote
+
+    return f"{head}://{user}@{host}", unquote(password)
+
+
 def open_storage(url: str):
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend

@@ -18,6 +18,7 @@ import functools
 import io
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, 
 from orchard_app.hpo import report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
-from orchard_app.hpo.storage import absolute_url, default_url, open_storage
+from orchard_app.hpo.storage import (
+    absolute_url,
+    default_url,
+    masked,
+    open_storage,
+    without_password,
+)
 from orchard_app.outcomes import Outcome
 from orchard_app.run.job_record import append_row, read_jobs
 from orchard_app.rundir.layout import STUDY_CSV
@@ -100,7 +107,8 @@ class StudySweeper:
             )  # fmt: skip
         except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as e:
             raise HpoError(
-                f"cannot open the study storage {url} ({type(e).__name__}: {first_line(e)}).\n"
+                f"cannot open the study storage {masked(url)} ({type(e).__name__}: "
+                f"{first_line(e).replace(url, masked(url))}).\n"
                 "  Check hydra.sweeper.storage: sqlite:///<file>, journal:///<file> or "
                 "postgresql://user@host:port/db (needs psycopg: pip install 'psycopg[binary]')."
             ) from None
@@ -109,10 +117,13 @@ class StudySweeper:
         self._check_monitor(study)
         progress.release()
         stale = self._fail_stale(study)
-        log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
+        log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, masked(url),
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
         returns: list[Any] = []
+        url, password = without_password(url)  # the jobs' URL is written into .hydra/
+        if password is not None:
+            os.environ.setdefault("PGPASSWORD", password)  # jobs inherit it (submitit, SLURM too)
         if _done(study) >= self.n_trials:
             log.info("nothing is left to run: the study already holds %d finished trial(s), "
                      "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
