@@ -3,9 +3,17 @@ fix, no traceback, a meaningful exit code, and nothing run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import make_npz, run_cli
-from test_hpo import BARE, ok, rows, study_args
+from test_hpo import (
+    BARE,
+    ok,
+    postgres_url,  # noqa: F401 (a fixture)
+    rows,
+    study_args,
+)
 
 
 @pytest.fixture
@@ -170,3 +178,17 @@ def test_a_postgresql_password_is_masked_in_what_the_sweep_prints(npz, tmp_path)
                      cwd=tmp_path, timeout=120)  # fmt: skip
     refused(result, 1, "cannot open the study storage postgresql://user:***@127.0.0.1:1/db")
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_a_postgresql_password_is_not_stored_in_the_jobs_files(npz, tmp_path, postgres_url):  # noqa: F811
+    url = postgres_url.replace("postgres@", "postgres:s3cret@")  # trust auth: any password works
+    sweep = tmp_path / "sweep"
+    result = ok(run_cli(*study_args(npz, sweep, f"hydra.sweeper.storage={url}", "training.epochs=1",
+                                    "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=pw"),
+                        cwd=tmp_path, env={"PGPASSWORD": ""}))  # fmt: skip
+    assert "s3cret" not in result.stderr and "postgres:***@" in result.stderr
+    (job,) = [r["job_dir"] for r in rows(sweep)]
+    stored = [p for p in Path(job).rglob("*") if p.is_file() and p.suffix in (".json", ".yaml")]
+    assert stored and not [p for p in stored if "s3cret" in p.read_text(errors="replace")
+                           and p.name != "hydra.yaml"]  # fmt: skip

@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,10 @@ class StudySweeper:
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
         returns: list[Any] = []
-        url, password = without_password(url)  # the jobs' URL is written into .hydra/
+        shown, (url, password) = masked(url), without_password(url)  # jobs' URL: in .hydra/
         if password is not None:
             os.environ.setdefault("PGPASSWORD", password)  # jobs inherit it (submitit, SLURM too)
+            sys.argv[:] = [a.replace(self.storage, shown) for a in sys.argv]  # provenance's command
         if _done(study) >= self.n_trials:
             log.info("nothing is left to run: the study already holds %d finished trial(s), "
                      "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
