@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchard_app.errors import HpoError
 from orchard_app.rundir.layout import OPTUNA_DB, OPTUNA_JOURNAL
 
 JOURNAL = "journal://"
@@ -22,13 +23,40 @@ def default_url(sweep_dir: str | Path, journal: bool = False) -> str:
 
 
 def absolute_url(url: str, base: str | Path) -> str:
-    """A relative SQLite or journal path made absolute, so every job finds the same file."""
-    for prefix in ("sqlite:///", JOURNAL + "/"):
-        if url.startswith(prefix):
-            path = Path(url[len(prefix) :])
-            if not path.is_absolute():
-                return prefix + str((Path(base) / path).resolve())
+    """A relative SQLite or journal path made absolute, so every job finds the same file.
+    `journal:///abs/x.log` (as default_url writes it) is absolute, like `journal:////abs/x.log`;
+    `journal://x.log` is relative to `base`."""
+    if url.startswith(JOURNAL):
+        path = url[len(JOURNAL) :]
+        path = "/" + path.lstrip("/") if path.startswith("/") else path
+        return JOURNAL + str((Path(base) / path).resolve())
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if not path.is_absolute():
+            return "sqlite:///" + str((Path(base) / path).resolve())
     return url
+
+
+def masked(url: str) -> str:
+    """`postgresql://user:***@host/db`: a URL as it may be shown or stored."""
+    head, sep, tail = url.partition("://")
+    creds, at, host = tail.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{head}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def without_password(url: str) -> tuple[str, str | None]:
+    """The URL the jobs get (their config is written to disk) and the password, which they get
+    through libpq's PGPASSWORD instead (psycopg honours it, and ~/.pgpass)."""
+    if masked(url) == url:
+        return url, None
+    head, _, tail = url.partition("://")
+    creds, _, host = tail.rpartition("@")
+    user, _, password = creds.partition(":")
+    from urllib.parse import unquote
+
+    return f"{head}://{user}@{host}", unquote(password)
 
 
 def open_storage(url: str):
@@ -37,7 +65,9 @@ def open_storage(url: str):
 
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL) :])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            raise HpoError(f"the study journal {path} is in a directory that does not exist; "
+                           "create it, or check hydra.sweeper.storage=journal:///<absolute path>")  # fmt: skip
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ import functools
 import io
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,17 @@ from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, 
 from orchard_app.hpo import report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
-from orchard_app.hpo.storage import absolute_url, default_url, open_storage
-from orchard_app.run.job_record import read_jobs
+from orchard_app.hpo.storage import (
+    absolute_url,
+    default_url,
+    masked,
+    open_storage,
+    without_password,
+)
+from orchard_app.outcomes import Outcome
+from orchard_app.run.job_record import append_row, read_jobs
 from orchard_app.rundir.layout import STUDY_CSV
+from orchard_app.sweep import progress
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -78,11 +88,12 @@ class StudySweeper:
             raise SystemExit(e.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> list[Any]:
-        space, fixed, fixed_overrides = create_params_from_overrides(
-            [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        if self.n_trials < 1:
+            raise ConfigError([f"hydra.sweeper.n_trials={self.n_trials}: a study needs at least "
+                               "one trial (n_trials >= 1)"])  # fmt: skip
+        space, fixed, fixed_overrides = _search_space(
+            [f"{k}={v}" for k, v in self.params.items()], list(arguments)
         )
-        for name in fixed:
-            space.pop(name, None)
         self._grid(space)
         url = (
             absolute_url(self.storage, str(self.config.hydra.runtime.cwd))
@@ -97,16 +108,28 @@ class StudySweeper:
             )  # fmt: skip
         except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as e:
             raise HpoError(
-                f"cannot open the study storage {url} ({type(e).__name__}: {first_line(e)}).\n"
+                f"cannot open the study storage {masked(url)} ({type(e).__name__}: "
+                f"{first_line(e).replace(url, masked(url))}).\n"
                 "  Check hydra.sweeper.storage: sqlite:///<file>, journal:///<file> or "
                 "postgresql://user@host:port/db (needs psycopg: pip install 'psycopg[binary]')."
             ) from None
         self._check_direction(study)
+        self._check_space(study, space)
+        self._check_monitor(study)
+        progress.release()
         stale = self._fail_stale(study)
-        log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, url,
+        log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, masked(url),
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
         returns: list[Any] = []
+        shown, (url, password) = masked(url), without_password(url)  # jobs' URL: in .hydra/
+        if password is not None:
+            os.environ.setdefault("PGPASSWORD", password)  # jobs inherit it (submitit, SLURM too)
+            sys.argv[:] = [a.replace(self.storage, shown) for a in sys.argv]  # provenance's command
+        if _done(study) >= self.n_trials:
+            log.info("nothing is left to run: the study already holds %d finished trial(s), "
+                     "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
+                     self.n_trials)  # fmt: skip
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
         try:
             while (to_go := self.n_trials - _done(study)) > 0:
@@ -114,12 +137,13 @@ class StudySweeper:
                     log.info("study stops early: %s", reason)
                     break
                 batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-                overrides = [self._overrides(t, url, fixed_args) for t in batch]
                 self._launching = batch
-                results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-                for trial, ret in zip(batch, results, strict=True):
-                    self._tell(study, trial, ret)
-                returns += results
+                for run in self._composed(study, batch, url, fixed_args):
+                    overrides = [self._overrides(t, url, fixed_args) for t in run]
+                    results = self.launcher.launch(overrides, initial_job_idx=run[0].number)
+                    for trial, ret in zip(run, results, strict=True):
+                        self._tell(study, trial, ret)
+                    returns += results
                 report.write(study, self.sweep_dir, self.config)
                 self._check_failures(study)
         except BaseException:
@@ -142,6 +166,28 @@ class StudySweeper:
         env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
         return (*(f"{k}={v}" for k, v in trial.params.items()), *fixed_args,
                 *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
+
+    def _composed(self, study: optuna.Study, batch: list, url: str, fixed_args: list[str]):
+        """The batch's trials whose values Hydra composes, in runs of consecutive numbers (a
+        job's number is its trial's); one that does not compose (unknown key, wrong type, bad
+        enum) is a failed trial with Hydra's message, and the study goes on."""
+        runs: list[list] = [[]]
+        for trial in batch:
+            try:
+                self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(self._overrides(trial, url, fixed_args))
+                )
+            except Exception as e:  # Hydra's ConfigCompositionException, or OmegaConf's errors
+                text = "the sampled values do not compose: " + " ".join(str(e).split())[:1000]
+                trial.set_user_attr("error", text)  # not study.tell: a grid sampler's
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # stop()
+                append_row(self.sweep_dir, {"job": trial.number, "outcome": Outcome.FAILED,
+                                            "value": None, "error": text, "run_dir": None,
+                                            "overrides": [f"{k}={v}" for k, v in trial.params.items()]})  # fmt: skip
+                runs.append([])
+                continue
+            runs[-1].append(trial)
+        return [run for run in runs if run]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> None:
         """Only a job that could not tell its own end (it died, or ran outside our job code):
@@ -189,6 +235,31 @@ class StudySweeper:
                 f"{study.direction.name.lower()}, but training.monitor={self._monitor()} is to "
                 f"{self._direction()}.\n  Use another hydra.sweeper.study_name or sweep dir."
             )
+
+    def _check_monitor(self, study: optuna.Study) -> None:
+        """A study's values are of one monitor (its progress lines and table are labelled so)."""
+        recorded = study.user_attrs.get("monitor")
+        if recorded is None:
+            study.set_user_attr("monitor", self._monitor())
+        elif recorded != self._monitor():
+            raise HpoError(
+                f"the study '{self.study_name}' in this storage holds values of training.monitor="
+                f"{recorded}, not {self._monitor()}.\n  Use training.monitor={recorded}, or "
+                "another hydra.sweeper.study_name or sweep dir."
+            )
+
+    def _check_space(self, study: optuna.Study, space: dict) -> None:
+        """Optuna cannot continue a study whose distributions changed (a traceback at the first
+        ask, and one more failed trial): refuse before asking, naming both spaces."""
+        for t in study.get_trials(deepcopy=False):
+            for name, d in space.items():
+                old = t.distributions.get(name)
+                if old is not None and old != d:
+                    raise HpoError(
+                        f"the study '{self.study_name}' searched {name}={_space(old)}, now "
+                        f"{name}={_space(d)}: a study keeps its search space.\n  Use another "
+                        "hydra.sweeper.study_name or sweep dir for the new space."
+                    )
 
     def _grid(self, space: dict) -> None:
         """Keep the stock grid-sampler behaviour: the grid is the space, n_trials at most its size."""
@@ -251,6 +322,73 @@ class StudySweeper:
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
                 f"{self.sweep_dir / STUDY_CSV}."
             )
+
+
+def _search_space(preset: list[str], given: list[str]):
+    """Hydra's parse of the space, each distribution checked first (Optuna's own refusals are
+    tracebacks); a fixed value on the command line narrows a preset's search over its key, but
+    a fixed value and a search both given there contradict each other."""
+    problems = []
+    for arg in preset + given:
+        try:
+            space, _, _ = create_params_from_overrides([arg])
+        except ValueError as e:
+            problems.append(f"invalid search space: {_spelled(arg)}: {_reason(e)}")
+            continue
+        for d in space.values():
+            if any(isinstance(b, float) and not math.isfinite(b) for b in vars(d).values()):
+                problems.append(f"invalid search space: {_spelled(arg)}: a bound is not finite")
+    if problems:
+        raise ConfigError(problems)
+    searched, fixed = {}, {}
+    for arg in given:
+        space, value, _ = create_params_from_overrides([arg])
+        searched.update({k: arg for k in space}), fixed.update({k: arg for k in value})
+    if both := sorted(set(searched) & set(fixed)):
+        raise ConfigError([f"{fixed[k]} and {searched[k]} both given: keep the fixed value or "
+                           "the search, not both" for k in both])  # fmt: skip
+    space, fixed, fixed_overrides = create_params_from_overrides(preset + given)
+    for name in fixed:
+        space.pop(name, None)
+    return space, fixed, fixed_overrides
+
+
+def _spelled(arg: str) -> str:
+    """`optimizer.lr=interval(0.1, 0.0001)`, as Hydra reads the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        o = OverridesParser.create().parse_override(arg)
+    except Exception:
+        return arg
+    v = o.value()
+    if hasattr(v, "end"):  # IntervalSweep
+        text = f"interval({v.start}, {v.end})"
+    elif hasattr(v, "stop"):  # RangeSweep
+        text = f"range({v.start}, {v.stop}, {v.step})"
+    else:
+        return arg
+    return f"{o.get_key_element()}={f'tag(log, {text})' if 'log' in v.tags else text}"
+
+
+def _reason(e: ValueError) -> str:
+    text = first_line(e)
+    if "low <= high" in text:
+        return "low > high"
+    if "low > 0" in text:
+        return "a log scale needs low > 0"
+    return "the step is 0" if "nonzero step" in text else text
+
+
+def _space(d: Any) -> str:
+    """A distribution as the override that asks for it: choice(16, 32), interval(0.1, 1.0)."""
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return f"choice({', '.join(map(str, d.choices))})"
+    if d.step not in (None, 1) or isinstance(d, optuna.distributions.IntDistribution):
+        text = f"range({d.low}, {d.high}, {d.step})"
+    else:
+        text = f"interval({d.low}, {d.high})"
+    return f"tag(log, {text})" if d.log else text
 
 
 def _done(study: optuna.Study) -> int:

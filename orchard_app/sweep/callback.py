@@ -46,8 +46,9 @@ class SweepSummary(Callback):
         self._undo_logs = route_launcher_logs(config)
         noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        self._progress = Progress(sweep_dir, total_jobs(config), noun,
-                                  str(config.training.monitor), direction_of(config)).start()  # fmt: skip
+        ours = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
+        self._progress = Progress(sweep_dir, total_jobs(config), noun, str(config.training.monitor),
+                                  direction_of(config), held=ours).start()  # fmt: skip
 
     def on_job_end(self, config, job_return, **kwargs: Any) -> None:
         if self._progress is not None:  # a job of this process: its line comes at once
@@ -62,6 +63,8 @@ class SweepSummary(Callback):
         progress, self._progress = self._progress, None
         if progress is not None:
             progress.stop()
+            if not progress.released.is_set():  # the study was refused: its old rows are not ours
+                return
         if self._undo_logs is not None:
             self._undo_logs()
             self._undo_logs = None

@@ -60,8 +60,23 @@ def _values(override) -> int:
     return len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
 
 
+_current: list[Progress] = []
+
+
+def release() -> None:
+    """The study sweeper accepted the study: print what earlier sweeps recorded, and go on."""
+    for progress in _current:
+        progress.released.set()
+
+
 class Progress:
-    def __init__(self, sweep_dir: Path, total: int | None, noun: str, monitor: str, direction):
+    """`held`: print nothing until `release()` (a study that is refused prints no old rows)."""
+
+    def __init__(self, sweep_dir: Path, total: int | None, noun: str, monitor: str, direction,
+                 held: bool = False):  # fmt: skip
+        self.released = threading.Event()
+        if not held:
+            self.released.set()
         self.sweep_dir, self.total, self.noun = Path(sweep_dir), total, noun
         self.monitor, self.direction = monitor, direction
         self.rows: dict[int, dict[str, Any]] = {}
@@ -74,6 +89,7 @@ class Progress:
     def start(self) -> Progress:
         self._thread = threading.Thread(target=self._tail, name="sweep-progress", daemon=True)
         self._thread.start()
+        _current[:] = [self]
         return self
 
     def stop(self) -> None:
@@ -81,11 +97,14 @@ class Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.poll()
+        _current[:] = []
+        if self.released.is_set():
+            self.poll()
 
     def _tail(self) -> None:
         while not self._stop.wait(POLL_S):
-            self.poll()
+            if self.released.is_set():
+                self.poll()
 
     def poll(self) -> None:
         """Print a line for each row appended to jobs.jsonl since the last poll."""
@@ -108,7 +127,7 @@ class Progress:
     # ------------------------------------------------------------------ the line
     def line(self, row: dict[str, Any]) -> str:
         ended = sum(r["outcome"] in ENDED for r in self.rows.values())
-        count = f"{ended}/{self.total}" if self.total else str(ended)
+        count = f"{ended}/{self.total}" if self.total and ended <= self.total else str(ended)
         parts = [f"{self.noun} {count} done: #{row['job']} {self.describe(row)}"]
         best = best_job(self.rows.values(), self.direction)
         if best is not None:
