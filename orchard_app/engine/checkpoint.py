@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from orchard_app.atomic import atomic_path
-from orchard_app.errors import CheckpointError, StorageError
+from orchard_app.errors import CheckpointError, StorageError, first_line
 from orchard_app.rundir.layout import LAST_CHECKPOINT
 
 FORMAT = 1
@@ -118,18 +118,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # truncated, or not a torch file at all
         raise CheckpointError(
             f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: "
-            f"{first_line(e)})"
+            f"{first_line(e, most=10_000)})"
         ) from None
     if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
         raise CheckpointError(
             f"{path} is not an orchard_app checkpoint (no fingerprint/model entries)"
         )
     return ckpt
-
-
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of a library's message, whole."""
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _cause(e: BaseException) -> str:

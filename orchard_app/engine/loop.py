@@ -34,6 +34,7 @@ from orchard_app.engine.resume import EpochRecord, TrainState, capture, restore
 from orchard_app.errors import CheckpointError, DataError, NonFiniteLossError, TrainingInterrupted
 from orchard_app.evaluation.metrics import compute_metrics
 from orchard_app.rundir.layout import BEST_CHECKPOINT, LAST_CHECKPOINT
+from orchard_app.rundir.logging import duration
 
 log = logging.getLogger("orchard_app.engine")
 
@@ -344,7 +345,7 @@ class Engine:
         line = (
             f"epoch {r.epoch:>{len(str(self.epochs))}}/{self.epochs}  loss {r.train_loss:.4f}  "
             f"{self.monitor} {r[self.monitor]:.4f}{' *' if improved else '  '}{extra}  lr {r.lr:.2e}  "
-            f"{r.seconds:.1f}s  ETA {_duration(eta)}"
+            f"{r.seconds:.1f}s  ETA {duration(eta)}"
         )
         if s.stopped_early:
             line += f"  (early stop: no improvement for {self.settings.patience} epochs)"
@@ -357,11 +358,3 @@ class Engine:
     def resume(self, path: Path) -> None:
         """Continue from a last.pt (see resume.py)."""
         restore(self, path)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    m, s = divmod(seconds, 60)
-    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"

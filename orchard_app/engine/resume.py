@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchard_app.engine.checkpoint import check_compatible, first_line, load_checkpoint
-from orchard_app.errors import CheckpointError
+from orchard_app.engine.checkpoint import check_compatible, load_checkpoint
+from orchard_app.errors import CheckpointError, first_line
 
 log = logging.getLogger("orchard_app.engine")
 
@@ -118,7 +118,7 @@ def restore(engine, path: Path) -> None:
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(
             f"{path} is not a complete checkpoint of this run ({type(e).__name__}: "
-            f"{first_line(e)}).\n  Resume from the last.pt that this run wrote, or drop "
+            f"{first_line(e, most=10_000)}).\n  Resume from the last.pt that this run wrote, or drop "
             "training.resume to start fresh."
         ) from None
     engine.best_model_state = best_model

@@ -22,6 +22,7 @@ from orchard_app.engine.optim import build_optimizer, build_schedule
 from orchard_app.engine.precision import amp_dtype
 from orchard_app.models import build_for_data
 from orchard_app.run.context import RunContext
+from orchard_app.rundir import layout
 
 
 @dataclass
@@ -79,7 +80,7 @@ def assemble(
     schedule = build_schedule(optimizer, cfg.scheduler, float(cfg.optimizer.lr), settings.epochs,
                               steps, settings.mode)  # fmt: skip
     checkpoints = Checkpointer(
-        ctx.run_dir / "checkpoints", fingerprint(cfg.model, info, model),
+        ctx.run_dir / layout.CHECKPOINTS_DIR, fingerprint(cfg.model, info, model),
         resolved_container(cfg) if config is None else config, enabled=ctx.is_main,
     )  # fmt: skip
     engine = Engine(
