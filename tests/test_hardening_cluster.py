@@ -1,0 +1,49 @@
+"""Issue 22 (round 2), as a user sees it: sbatch refusing a sweep, a sweep dir that cannot be
+created, a cancelled SLURM job (fake `sbatch` / `scontrol` first on PATH, no cluster)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import run_cli, tiny_overrides
+from test_cluster import fake_tool
+
+SBATCH_ERRORS = {  # what sbatch really prints, and the setting our message points at
+    "down": ("sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+             "(connect failure)", "whether the cluster is up"),
+    "cpus": ("sbatch: error: CPU count per node can not be satisfied\nsbatch: error: Batch job "
+             "submission failed: Requested node configuration is not available",
+             "hydra.launcher.cpus_per_task (now 2)"),
+    "partition": ("sbatch: error: Batch job submission failed: Invalid partition name specified",
+                  "hydra.launcher.partition (now nope)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SBATCH_ERRORS))
+def test_an_sbatch_refusal_is_one_message_naming_the_setting(tiny_npz, tmp_path, monkeypatch, case):
+    said, check = SBATCH_ERRORS[case]
+    fake_tool(tmp_path, monkeypatch, "sbatch", f"cat >&2 <<'X'\n{said}\nX\nexit 1")
+    fake_tool(tmp_path, monkeypatch, "srun", "exit 1")
+    started = time.monotonic()
+    done = run_cli("-m", "hydra/launcher=slurm", "hydra.launcher.partition=nope",
+                   f"hydra.sweep.dir={tmp_path}/sweep", *tiny_overrides(tiny_npz), cwd=tmp_path,
+                   env={"PATH": os.environ["PATH"]}, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "SLURM did not accept the jobs" in done.stderr
+    assert said.splitlines()[-1] in done.stderr and f"Check {check}" in done.stderr
+    assert done.stderr.count(said.splitlines()[-1]) == 1  # (submitit's own copy is not shown)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_a_sweep_dir_that_cannot_be_created_is_one_message(tiny_npz, tmp_path, launcher):
+    (tmp_path / "a_file").write_text("")
+    sweep = tmp_path / "a_file" / "sub"  # NotADirectoryError, for root too
+    done = run_cli("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
+                   *tiny_overrides(tiny_npz), cwd=tmp_path, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"hydra.sweep.dir={sweep}" in done.stderr and "Not a directory" in done.stderr
