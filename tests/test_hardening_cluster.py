@@ -3,6 +3,7 @@ created, a cancelled SLURM job (fake `sbatch` / `scontrol` first on PATH, no clu
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -14,7 +15,7 @@ from test_cluster import FakeJob, fake_scontrol, fake_tool
 
 from orchard_app.cluster import plugin
 from orchard_app.run.job_record import append_row, read_rows
-from orchard_app.rundir.layout import JOBS
+from orchard_app.rundir.layout import JOBS, PROVENANCE
 
 SBATCH_ERRORS = {  # what sbatch really prints, and the setting our message points at
     "down": ("sbatch: error: Batch job submission failed: Unable to contact slurm controller "
@@ -76,3 +77,12 @@ def test_a_cancelled_job_is_one_row_with_a_readable_reason(tmp_path, monkeypatch
     assert [(r["job"], r["outcome"]) for r in new] == [(0, "interrupted"), (1, "failed")]
     assert new[1]["error"] == "SLURM job 4241_1 was cancelled (scancel) without a result"
     assert "(None)" not in (sweep / JOBS).read_text()
+
+
+def test_the_rerun_of_a_continued_run_names_its_run_dir(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    done = run_cli(f"hydra.run.dir={run}", *tiny_overrides(tiny_npz, "training.resume=auto"),
+                   cwd=tmp_path, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rerun = json.loads((run / PROVENANCE).read_text())["rerun"]
+    assert rerun.endswith(f"training.resume=auto hydra.run.dir={run.resolve()}")
