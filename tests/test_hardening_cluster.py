@@ -8,6 +8,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, tiny_overrides
@@ -86,3 +87,66 @@ def test_the_rerun_of_a_continued_run_names_its_run_dir(tiny_npz, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rerun = json.loads((run / PROVENANCE).read_text())["rerun"]
     assert rerun.endswith(f"training.resume=auto hydra.run.dir={run.resolve()}")
+
+
+def _rank(rank: int, npz: str, port: int, case: str, out: str) -> None:
+    """One of 2 processes of a hardware=ddp run (torch.multiprocessing, gloo on CPU)."""
+    from conftest import compose
+
+    from orchard_app.errors import OrchardError
+    from orchard_app.run.context import RunContext
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    given = (
+        [f"training.seed={rank}", f"training.batch_size={16 * (rank + 1)}"]
+        if case == "differ"
+        else []
+    )
+    cfg = compose(*tiny_overrides(Path(npz), "hardware=ddp", "hardware.device=cpu", *given))
+    seen = {}
+    try:
+        with RunContext.create(cfg, Path(out)) as ctx:
+            if rank == 1:
+                os._exit(0)  # a peer that dies
+            ctx.group.any(False)
+    except OrchardError as e:
+        seen = {"type": type(e).__name__, "text": str(e)}
+    Path(out, f"{rank}.json").write_text(json.dumps(seen))
+
+
+def _spawn(tiny_npz, tmp_path, case: str) -> list[dict]:
+    import socket
+
+    import torch.multiprocessing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rank, args=(str(tiny_npz), port, case, str(tmp_path)), nprocs=2)
+    return [
+        json.loads(p.read_text()) if p.exists() else None
+        for p in (tmp_path / "0.json", tmp_path / "1.json")
+    ]
+
+
+def test_ddp_ranks_with_different_settings_are_refused_naming_the_keys(tiny_npz, tmp_path):
+    zero, one = _spawn(tiny_npz, tmp_path, "differ")
+    assert zero["type"] == one["type"] == "ConfigError"
+    assert "training.batch_size=16 / 32" in zero["text"] and "training.seed=0 / 1" in zero["text"]
+
+
+def test_a_dead_ddp_peer_is_one_distributed_error_on_rank_0(tiny_npz, tmp_path):
+    zero, one = _spawn(tiny_npz, tmp_path, "kill")
+    assert one is None and zero["type"] == "DistributedError"
+    assert "another process of this run stopped answering" in zero["text"]
+    assert "\n" not in zero["text"]
+
+
+def test_hardware_ddp_in_one_process_says_so_once(tiny_npz, tmp_path):
+    done = run_cli(*tiny_overrides(tiny_npz, "hardware=ddp", "hardware.device=cpu"),
+                   f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert said.count("hardware=ddp but this is one process: start it with torchrun") == 1

@@ -10,9 +10,12 @@ remaining processes when one exits can cut it short.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -20,10 +23,13 @@ import torch.distributed as dist
 
 from orchard_app.distributed.collective import SingleProcess
 from orchard_app.distributed.rank import ProcessRank, rendezvous
-from orchard_app.errors import DistributedError, RunPruned
+from orchard_app.errors import ConfigError, DistributedError, RunPruned, first_line
 from orchard_app.outcomes import is_pruned
 
 log = logging.getLogger("orchard_app.distributed")
+# A collective waiting longer than this fails instead of hanging (torch's default: 30 min). Work
+# that only rank 0 does while the others wait (a checkpoint, the test report) stays well below.
+TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -48,7 +54,7 @@ def join(hardware, process: ProcessRank, device: torch.device) -> ProcessGroup:
             torch.cuda.set_device(device)
         dist.init_process_group(
             backend, init_method="env://", rank=process.rank, world_size=process.world_size,
-            device_id=device if backend == "nccl" else None,
+            device_id=device if backend == "nccl" else None, timeout=TIMEOUT,
         )  # fmt: skip
     except Exception as e:  # a peer that never came, an address in use, a driver problem
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -73,16 +79,19 @@ class ProcessGroup(SingleProcess):
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([int(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu)
+        with _peers():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu)
         return bool(t.item())
 
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(t)
+        with _peers():
+            dist.all_reduce(t)
         return t.div_(self.world_size)
 
     def sum(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, group=self.cpu)
+        with _peers():
+            dist.all_reduce(t, group=self.cpu)
         return float(t.item())
 
     def gather(self, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -90,22 +99,42 @@ class ProcessGroup(SingleProcess):
         padded = t.new_zeros((max(sizes), *t.shape[1:]))
         padded[: len(t)] = t
         parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded, group=self.cpu)
+        with _peers():
+            dist.all_gather(parts, padded, group=self.cpu)
         return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
 
     def broadcast(self, obj: Any) -> Any:
         box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.cpu)
+        with _peers():
+            dist.broadcast_object_list(box, src=0, group=self.cpu)
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.cpu)
+        with _peers():
+            dist.all_gather_object(out, obj, group=self.cpu)
         return out
 
+    def agree(self, settings: dict[str, Any]) -> None:
+        """Refuse processes started with different settings (another batch size or seed on
+        one rank): they would wait forever for steps the others never take."""
+        everyone = [_flat(s) for s in self.all_gather_object(settings)]
+        keys = sorted(set().union(*everyone))
+        differ = [k for k in keys if len({repr(s.get(k)) for s in everyone}) > 1]
+        if differ:
+            shown = "; ".join(
+                f"{k}=" + " / ".join(repr(s.get(k)) for s in everyone) for k in differ[:6]
+            )
+            raise ConfigError([
+                f"the {self.world_size} processes of this run were given different settings "
+                f"(rank by rank: {shown}); start every process with the same command and "
+                "overrides (torchrun --nproc_per_node=N, or SLURM tasks)"
+            ])  # fmt: skip
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)
+        with _peers():
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
     def on_main(self, fn: Callable[..., Any], *args: Any) -> None:
         """Rank 0 runs fn; a pruning there prunes every process, another error there stops
@@ -141,3 +170,31 @@ class ProcessGroup(SingleProcess):
             log.warning("leaving the process group without the others: %s", e)
         finally:
             dist.destroy_process_group()
+
+
+def _flat(tree: Any, key: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} as {"a.b": 1}."""
+    if not isinstance(tree, dict) or not tree:
+        return {key: tree}
+    return {
+        k: v
+        for name, sub in tree.items()
+        for k, v in _flat(sub, f"{key}.{name}".lstrip(".")).items()
+    }
+
+
+def _gloo_text(e: BaseException) -> str:
+    """The error's first line without the C++ source location it starts with."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, 200))
+
+
+@contextlib.contextmanager
+def _peers() -> Iterator[None]:
+    """A peer that died or stopped answering (gloo's or NCCL's raw text) as one message."""
+    try:
+        yield
+    except RuntimeError as e:  # (torch.distributed.DistBackendError too)
+        raise DistributedError(
+            f"another process of this run stopped answering ({_gloo_text(e)}); its output "
+            "says why. Continue the run with training.resume=auto once all processes can run."
+        ) from None
