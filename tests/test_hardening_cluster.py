@@ -150,3 +150,13 @@ def test_hardware_ddp_in_one_process_says_so_once(tiny_npz, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr
     assert said.count("hardware=ddp but this is one process: start it with torchrun") == 1
+
+
+def test_a_ddp_config_refusal_is_printed_once(tiny_npz, tmp_path):
+    from test_ddp import torchrun
+
+    proc, ranks = torchrun(*tiny_overrides(tiny_npz, "hardware=ddp", "hardware.device=cpu",
+                                           "training.batch_size=1"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    assert "training.batch_size=1" in ranks[0] and "invalid config" not in ranks[1]
+    assert not any("Traceback" in r for r in ranks)
