@@ -10,12 +10,11 @@ remaining processes when one exits can cut it short.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,19 +78,16 @@ class ProcessGroup(SingleProcess):
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([int(flag)])
-        with _peers():
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu)
         return bool(t.item())
 
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
-        with _peers():
-            dist.all_reduce(t)
+        dist.all_reduce(t)
         return t.div_(self.world_size)
 
     def sum(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64)
-        with _peers():
-            dist.all_reduce(t, group=self.cpu)
+        dist.all_reduce(t, group=self.cpu)
         return float(t.item())
 
     def gather(self, t: torch.Tensor, n: int) -> torch.Tensor:
@@ -99,20 +95,17 @@ class ProcessGroup(SingleProcess):
         padded = t.new_zeros((max(sizes), *t.shape[1:]))
         padded[: len(t)] = t
         parts = [torch.empty_like(padded) for _ in sizes]
-        with _peers():
-            dist.all_gather(parts, padded, group=self.cpu)
+        dist.all_gather(parts, padded, group=self.cpu)
         return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
 
     def broadcast(self, obj: Any) -> Any:
         box = [obj]
-        with _peers():
-            dist.broadcast_object_list(box, src=0, group=self.cpu)
+        dist.broadcast_object_list(box, src=0, group=self.cpu)
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        with _peers():
-            dist.all_gather_object(out, obj, group=self.cpu)
+        dist.all_gather_object(out, obj, group=self.cpu)
         return out
 
     def agree(self, settings: dict[str, Any]) -> None:
@@ -122,9 +115,7 @@ class ProcessGroup(SingleProcess):
         keys = sorted(set().union(*everyone))
         differ = [k for k in keys if len({repr(s.get(k)) for s in everyone}) > 1]
         if differ:
-            shown = "; ".join(
-                f"{k}=" + " / ".join(repr(s.get(k)) for s in everyone) for k in differ[:6]
-            )
+            shown = "; ".join(f"{k[:-1]}=" + " / ".join(repr(s.get(k)) for s in everyone) for k in differ[:6])  # fmt: skip
             raise ConfigError([
                 f"the {self.world_size} processes of this run were given different settings "
                 f"(rank by rank: {shown}); start every process with the same command and "
@@ -132,9 +123,8 @@ class ProcessGroup(SingleProcess):
             ])  # fmt: skip
 
     def sync_buffers(self, module: torch.nn.Module) -> None:
-        with _peers():
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
     def on_main(self, fn: Callable[..., Any], *args: Any) -> None:
         """Rank 0 runs fn; a pruning there prunes every process, another error there stops
@@ -170,31 +160,14 @@ class ProcessGroup(SingleProcess):
             log.warning("leaving the process group without the others: %s", e)
         finally:
             dist.destroy_process_group()
+        if isinstance(error, dist.DistError) or "/gloo/" in str(error):  # a peer died, timed out
+            said = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error, 200))  # (gloo's C++ source line)
+            raise DistributedError(f"another process of this run stopped answering ({said}); its "
+                                   "output says why. Continue with training.resume=auto.") from None  # fmt: skip
 
 
 def _flat(tree: Any, key: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} as {"a.b": 1}."""
+    """{"a": {"b": 1}} as {"a.b.": 1}."""
     if not isinstance(tree, dict) or not tree:
         return {key: tree}
-    return {
-        k: v
-        for name, sub in tree.items()
-        for k, v in _flat(sub, f"{key}.{name}".lstrip(".")).items()
-    }
-
-
-def _gloo_text(e: BaseException) -> str:
-    """The error's first line without the C++ source location it starts with."""
-    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, 200))
-
-
-@contextlib.contextmanager
-def _peers() -> Iterator[None]:
-    """A peer that died or stopped answering (gloo's or NCCL's raw text) as one message."""
-    try:
-        yield
-    except RuntimeError as e:  # (torch.distributed.DistBackendError too)
-        raise DistributedError(
-            f"another process of this run stopped answering ({_gloo_text(e)}); its output "
-            "says why. Continue the run with training.resume=auto once all processes can run."
-        ) from None
+    return {k: v for n, sub in tree.items() for k, v in _flat(sub, f"{key}{n}.").items()}
