@@ -56,10 +56,9 @@ def join(hardware, process: ProcessRank, device: torch.device) -> ProcessGroup:
             device_id=device if backend == "nccl" else None, timeout=TIMEOUT,
         )  # fmt: skip
     except Exception as e:  # a peer that never came, an address in use, a driver problem
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise DistributedError(
             f"process {process.rank} of {process.world_size} could not join the {backend} "
-            f"process group at {where} ({type(e).__name__}: {first}).\n  Start all processes "
+            f"process group at {where} ({type(e).__name__}: {first_line(e, 300)}).\n  Start all processes "
             "of a run together (torchrun --nproc_per_node=N, or SLURM tasks_per_node=N) with "
             "the same MASTER_ADDR/MASTER_PORT, or run one process without hardware=ddp."
         ) from None

@@ -55,10 +55,6 @@ class RunContext:
     def world_size(self) -> int:
         return self.process.world_size
 
-    @property
-    def local_rank(self) -> int:
-        return self.process.local_rank
-
     @classmethod
     def create(cls, cfg, run_dir: str | Path, stop: StopSignals | None = None) -> RunContext:
         """Seed, set threads and determinism, pick this process's device; join the process
