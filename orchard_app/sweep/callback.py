@@ -38,9 +38,9 @@ class SweepSummary(Callback):
         from orchard_app.sweep.launcher_logs import route_launcher_logs
         from orchard_app.sweep.progress import Progress, total_jobs
 
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:
-            follow_monitor(config)
+            follow_monitor(config)  # (first: resolving the sweep dir claims it)
+            sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
             _create(sweep_dir, str(config.hydra.sweep.dir))
         except SystemExit:
             self._refused = True
