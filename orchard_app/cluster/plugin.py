@@ -26,7 +26,6 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock  # 
 
 from orchard_app.errors import SubmissionError, first_line, print_error
 from orchard_app.outcomes import Outcome
-from orchard_app.rundir.layout import JOBS
 
 log = logging.getLogger("orchard_app.cluster")
 
@@ -106,8 +105,6 @@ def _collect(jobs: list[Any], sweep_dir: Path, first_num: int) -> list[JobReturn
 
     results: dict[int, JobReturn] = {}
     ended_at: dict[int, float] = {}
-    jobs_file = sweep_dir / JOBS
-    start = jobs_file.stat().st_size if jobs_file.exists() else 0  # rows of this launch follow
     while len(results) < len(jobs):
         for i, job in enumerate(jobs):
             if i in results:
@@ -119,8 +116,7 @@ def _collect(jobs: list[Any], sweep_dir: Path, first_num: int) -> list[JobReturn
             if state in TERMINAL or state == "UNKNOWN":
                 ended_at.setdefault(i, time.monotonic())
                 if time.monotonic() - ended_at[i] > RESULT_GRACE_S:
-                    told = _told(jobs_file, start, first_num + i)
-                    results[i] = told or _lost(job, state, reason, sweep_dir, first_num + i)
+                    results[i] = _lost(job, state, reason, sweep_dir, first_num + i)
             else:
                 ended_at.pop(i, None)  # running again (requeued)
         if len(results) < len(jobs):
@@ -148,26 +144,10 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
     return _failed(job, outcome, f"{type(error).__name__}: {text}", sweep_dir, num)
 
 
-def _told(jobs_file: Path, start: int, num: int) -> JobReturn | None:
-    """A NaN return for a job that recorded its own end in this launch (e.g. `interrupted`
-    after scancel's SIGTERM), so it is not reported a second time; else None."""
-    from orchard_app.run.job_record import read_rows
-
-    try:
-        with open(jobs_file, "rb") as f:
-            f.seek(start)
-            rows = read_rows(f.read().decode("utf-8", "replace"))
-    except OSError:
-        return None
-    return (
-        _nan() if any(r["job"] == num and r["outcome"] != Outcome.REQUEUED for r in rows) else None
-    )
-
-
 def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
     outcome = Outcome.TIMEOUT if state == "TIMEOUT" else Outcome.FAILED
-    ended = "was cancelled (scancel)" if state == "CANCELLED" else f"ended {state}"
-    why = f"SLURM job {job.job_id} {ended}" + (f" ({reason})" if reason else "")
+    reason = reason or ("cancelled by scancel" if state == "CANCELLED" else "")  # (Reason=None)
+    why = f"SLURM job {job.job_id} ended {state}" + (f" ({reason})" if reason else "")
     return _failed(job, outcome, why + " without a result", sweep_dir, num)
 
 
