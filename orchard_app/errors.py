@@ -80,6 +80,12 @@ class DistributedError(OrchardError):
     title = "multi-process run problem"
 
 
+class SubmissionError(OrchardError):
+    """sbatch refused a sweep's jobs (controller down, a partition or size the cluster lacks)."""
+
+    title = "SLURM did not accept the jobs"
+
+
 class CompareError(OrchardError):
     """`python -m orchard_app.compare` cannot build its table from the paths it was given."""
 

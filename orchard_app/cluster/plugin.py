@@ -24,6 +24,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock  # pinned 1.4.0rc3
 
+from orchard_app.errors import SubmissionError, first_line, print_error
 from orchard_app.outcomes import Outcome
 
 log = logging.getLogger("orchard_app.cluster")
@@ -73,9 +74,28 @@ class OrchardSlurmLauncher(_Continues, stock.SlurmLauncher):
             log.info("\t#%d : %s", num, " ".join(stock.filter_overrides(overrides)))
             params.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}",
                            stock.Singleton.get_state()))  # fmt: skip
-        jobs = executor.map_array(self, *zip(*params, strict=True))
+        jobs = self._submit(executor, params)
         log.info("submitted job array %s (%d tasks)", jobs[0].job_id.split("_")[0], len(jobs))
         return _collect(jobs, sweep_dir.resolve(), initial_job_idx)
+
+    def _submit(self, executor: Any, params: list[tuple]) -> list[Any]:
+        """sbatch's refusal as one message naming the setting to check, exit 1 (submitit raises
+        it with sbatch's stderr, after printing that itself)."""
+        from submitit.core.utils import FailedJobError
+
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                return executor.map_array(self, *zip(*params, strict=True))
+        except (FailedJobError, OSError) as e:
+            said = "\n".join(str(e).strip().splitlines()[-3:]) or first_line(e)
+            p, low = self.params, said.lower()
+            check = ("whether the cluster is up (sinfo; is slurmctld running?)" if "contact" in low
+                     else f"hydra.launcher.partition (now {p.get('partition')})" if "partition" in low
+                     else f"hydra.launcher.cpus_per_task (now {p.get('cpus_per_task')}), mem_gb, "
+                     "gpus_per_node and tasks_per_node against what a node has (sinfo -N -l)")  # fmt: skip
+            error = SubmissionError(f"{said}\n  Check {check}. No job was submitted.")
+            print_error(error)
+            raise SystemExit(error.exit_code) from None
 
 
 def _collect(jobs: list[Any], sweep_dir: Path, first_num: int) -> list[JobReturn]:
@@ -126,6 +146,7 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
 
 def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
     outcome = Outcome.TIMEOUT if state == "TIMEOUT" else Outcome.FAILED
+    reason = reason or ("cancelled by scancel" if state == "CANCELLED" else "")  # (Reason=None)
     why = f"SLURM job {job.job_id} ended {state}" + (f" ({reason})" if reason else "")
     return _failed(job, outcome, why + " without a result", sweep_dir, num)
 
@@ -138,6 +159,10 @@ def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int) -
     run_dir = next((str(p) for p in sorted(sweep_dir.glob(f"{num}_*")) if p.is_dir()), None)
     append_row(sweep_dir, {"job": num, "outcome": outcome, "value": None, "error": error,
                            "run_dir": run_dir, "log": logs})  # fmt: skip
+    return _nan()
+
+
+def _nan() -> JobReturn:
     ret = JobReturn()
     ret.status, ret.return_value = JobStatus.COMPLETED, math.nan
     return ret

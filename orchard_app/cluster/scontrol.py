@@ -23,4 +23,5 @@ def job_state(job_id: str) -> tuple[str, str]:
         return "UNKNOWN", (done.stderr or done.stdout).strip()
     state = re.search(r"\bJobState=(\S+)", done.stdout)
     reason = re.search(r"\bReason=(\S+)", done.stdout)
-    return (state.group(1) if state else "UNKNOWN"), (reason.group(1) if reason else "")
+    said = reason.group(1) if reason and reason.group(1) not in ("None", "(null)") else ""
+    return (state.group(1) if state else "UNKNOWN"), said

@@ -47,11 +47,7 @@ class AllReduceBatchNorm(_BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                f = (
-                    self.momentum
-                    if self.momentum is not None
-                    else 1 / float(self.num_batches_tracked)
-                )
+                f = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - f).add_(mean.detach().to(self.running_mean), alpha=f)
                 unbiased = var.detach() * n / (n - 1).clamp(min=1)
                 self.running_var.mul_(1 - f).add_(unbiased.to(self.running_var), alpha=f)

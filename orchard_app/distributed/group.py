@@ -10,8 +10,10 @@ remaining processes when one exits can cut it short.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +22,13 @@ import torch.distributed as dist
 
 from orchard_app.distributed.collective import SingleProcess
 from orchard_app.distributed.rank import ProcessRank, rendezvous
-from orchard_app.errors import DistributedError, RunPruned
+from orchard_app.errors import ConfigError, DistributedError, RunPruned, first_line
 from orchard_app.outcomes import is_pruned
 
 log = logging.getLogger("orchard_app.distributed")
+# A collective waiting longer than this fails instead of hanging (torch's default: 30 min). Work
+# that only rank 0 does while the others wait (a checkpoint, the test report) stays well below.
+TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -48,13 +53,12 @@ def join(hardware, process: ProcessRank, device: torch.device) -> ProcessGroup:
             torch.cuda.set_device(device)
         dist.init_process_group(
             backend, init_method="env://", rank=process.rank, world_size=process.world_size,
-            device_id=device if backend == "nccl" else None,
+            device_id=device if backend == "nccl" else None, timeout=TIMEOUT,
         )  # fmt: skip
     except Exception as e:  # a peer that never came, an address in use, a driver problem
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise DistributedError(
             f"process {process.rank} of {process.world_size} could not join the {backend} "
-            f"process group at {where} ({type(e).__name__}: {first}).\n  Start all processes "
+            f"process group at {where} ({type(e).__name__}: {first_line(e, 300)}).\n  Start all processes "
             "of a run together (torchrun --nproc_per_node=N, or SLURM tasks_per_node=N) with "
             "the same MASTER_ADDR/MASTER_PORT, or run one process without hardware=ddp."
         ) from None
@@ -103,6 +107,20 @@ class ProcessGroup(SingleProcess):
         dist.all_gather_object(out, obj, group=self.cpu)
         return out
 
+    def agree(self, settings: dict[str, Any]) -> None:
+        """Refuse processes started with different settings (another batch size or seed on
+        one rank): they would wait forever for steps the others never take."""
+        everyone = [_flat(s) for s in self.all_gather_object(settings)]
+        keys = sorted(set().union(*everyone))
+        differ = [k for k in keys if len({repr(s.get(k)) for s in everyone}) > 1]
+        if differ:
+            shown = "; ".join(f"{k[:-1]}=" + " / ".join(repr(s.get(k)) for s in everyone) for k in differ[:6])  # fmt: skip
+            raise ConfigError([
+                f"the {self.world_size} processes of this run were given different settings "
+                f"(rank by rank: {shown}); start every process with the same command and "
+                "overrides (torchrun --nproc_per_node=N, or SLURM tasks)"
+            ])  # fmt: skip
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
@@ -141,3 +159,14 @@ class ProcessGroup(SingleProcess):
             log.warning("leaving the process group without the others: %s", e)
         finally:
             dist.destroy_process_group()
+        if isinstance(error, dist.DistError) or "/gloo/" in str(error):  # a peer died, timed out
+            said = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error, 200))  # (gloo's C++ source line)
+            raise DistributedError(f"another process of this run stopped answering ({said}); its "
+                                   "output says why. Continue with training.resume=auto.") from None  # fmt: skip
+
+
+def _flat(tree: Any, key: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} as {"a.b.": 1}."""
+    if not isinstance(tree, dict) or not tree:
+        return {key: tree}
+    return {k: v for n, sub in tree.items() for k, v in _flat(sub, f"{key}{n}.").items()}

@@ -55,11 +55,9 @@ def check_batches(n: int, batch_size: int, world_size: int, sync_batchnorm: bool
     last = n % batch_size
     each = 1 if sync_batchnorm else 2
     if last > 1 and last < each * world_size:  # (a last batch of 1 sample is dropped)
-        raise ConfigError(
-            [
-                f"training.batch_size={batch_size}: the {n} training samples leave a last batch "
-                f"of {last} per epoch, too few to split across {world_size} processes (each needs "
-                f"{each}); pick a batch size that divides {n} or leaves at least "
-                f"{each * world_size}, or set dataset.max_samples"
-            ]
-        )
+        raise ConfigError([
+            f"training.batch_size={batch_size}: the {n} training samples leave a last batch "
+            f"of {last} per epoch, too few to split across {world_size} processes (each needs "
+            f"{each}); pick a batch size that divides {n} or leaves at least "
+            f"{each * world_size}, or set dataset.max_samples"
+        ])  # fmt: skip

@@ -11,6 +11,7 @@ use it as `with RunContext.create(...) as ctx:`.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -20,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchard_app.config.resolvers import experiment_view, resolved_container
 from orchard_app.distributed.collective import SingleProcess
 from orchard_app.distributed.rank import ProcessRank, process_rank
 from orchard_app.engine.interrupts import StopSignals
 from orchard_app.errors import ConfigError, DistributedError
+
+log = logging.getLogger("orchard_app.run")
 
 
 @dataclass
@@ -51,10 +55,6 @@ class RunContext:
     def world_size(self) -> int:
         return self.process.world_size
 
-    @property
-    def local_rank(self) -> int:
-        return self.process.local_rank
-
     @classmethod
     def create(cls, cfg, run_dir: str | Path, stop: StopSignals | None = None) -> RunContext:
         """Seed, set threads and determinism, pick this process's device; join the process
@@ -66,6 +66,14 @@ class RunContext:
             from orchard_app.distributed.group import join
 
             group = join(cfg.hardware, process, device)
+            try:
+                group.agree(experiment_view(resolved_container(cfg)))
+            except Exception as e:
+                group.close(e)
+                raise
+        elif cfg.hardware.get("distributed") and process.is_main:
+            log.warning("hardware=ddp but this is one process: start it with torchrun "
+                        "--nproc_per_node=N -m orchard_app ... or as SLURM tasks to train on N")  # fmt: skip
         return cls(Path(run_dir), device, process, stop or StopSignals(), group)
 
     def __enter__(self) -> RunContext:

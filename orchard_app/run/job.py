@@ -70,7 +70,8 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
         record_job(Outcome.INTERRUPTED, error="Ctrl-C during start-up")
         raise SystemExit(exit_code(e)) from None
     except OrchardError as e:
-        print_error(e, advice=_advice(e))
+        if process_rank().is_main or not isinstance(e, ConfigError):  # the same on every rank
+            print_error(e, advice=_advice(e))
         drop_if_empty(run_dir)
         if not multirun:
             raise SystemExit(exit_code(e)) from None

@@ -111,7 +111,10 @@ def rerun_command() -> str | None:
 
     if not HydraConfig.initialized():
         return None
-    overrides = list(HydraConfig.get().overrides.task)
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    if "training.resume=auto" in overrides:  # continued (resumed, requeued): in the same dir
+        overrides.append(f"hydra.run.dir={Path(hc.runtime.output_dir).resolve()}")
     return shlex.join(["python", "-m", "orchard_app", *overrides])
 
 

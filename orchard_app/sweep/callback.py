@@ -39,13 +39,14 @@ class SweepSummary(Callback):
         from orchard_app.sweep.progress import Progress, total_jobs
 
         try:
-            follow_monitor(config)
+            follow_monitor(config)  # (first: resolving the sweep dir claims it)
+            sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+            _create(sweep_dir, str(config.hydra.sweep.dir))
         except SystemExit:
             self._refused = True
             raise
         self._undo_logs = route_launcher_logs(config)
         noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         ours = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         self._progress = Progress(sweep_dir, total_jobs(config), noun, str(config.training.monitor),
                                   direction_of(config), held=ours).start()  # fmt: skip
@@ -80,3 +81,16 @@ class SweepSummary(Callback):
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)
+
+
+def _create(sweep_dir: Path, given: str) -> None:
+    """The sweep dir, made before any launcher does: a path that cannot be one is one message."""
+    from orchard_app.errors import RunDirError, print_error
+
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error = RunDirError(f"hydra.sweep.dir={given} cannot be created ({e.strerror or e}); "
+                            "choose a writable place with hydra.sweep.dir=<dir>, or fix its permissions.")  # fmt: skip
+        print_error(error)
+        raise SystemExit(error.exit_code) from None
