@@ -371,3 +371,12 @@ def test_500_copies_of_one_run_are_one_note_and_fast(tmp_path):
     assert time.perf_counter() - started < 1.0
     repeated = [n for n in comparison.notes if "ran more than once" in n]
     assert len(repeated) == 1 and "499 earlier runs left out" in repeated[0]
+
+
+def test_experiment_none_is_no_preset_and_a_null_in_a_sweep_names_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_yaml(compose("experiment=none")) == OmegaConf.to_yaml(compose())
+    result = run_cli("-m", "experiment=mini_cnn_flips,null", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sweep experiment=none" in result.stderr and not (tmp_path / "multirun").exists()

@@ -139,7 +139,7 @@ def read_run(path: Path) -> Run:
     return Run(
         path=path, dataset=str(dataset), accuracy=accuracy, auc=auc,
         seed=int(seed) if isinstance(seed, int) else None, key=key,
-        experiment=str(choice) if choice else "default", settings=_settings(overrides),
+        experiment=str(choice) if choice not in (None, "none") else "default", settings=_settings(overrides),
         seconds=float(seconds) if isinstance(seconds, int | float) else None,
         finished=str(provenance.get("finished") or ""),
     )  # fmt: skip
