@@ -35,7 +35,7 @@ from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext, stop_policy
 from orchard_app.rundir import layout
 from orchard_app.rundir.directory import RunDirectory
-from orchard_app.rundir.provenance import device_info, read_provenance
+from orchard_app.rundir.provenance import BEST_DIGEST, device_info, file_digest, read_provenance
 from orchard_app.tracking import NullTracker, open_tracker
 
 log = logging.getLogger("orchard_app")
@@ -118,6 +118,9 @@ def train(
                     progress.phase = "the deployment export"
                     exported["export"] = _export(cfg, run_path, data)
             finally:  # a failed export still leaves the training's results, written and tracked
+                run.provenance.update(
+                    **{BEST_DIGEST: file_digest(layout.best_checkpoint(run_path))}
+                )
                 write_metrics(run_path / layout.METRICS, summary)
                 tracker.log_results(summary.to_dict() | exported, run_path)
 
