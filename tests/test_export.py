@@ -388,3 +388,18 @@ def test_export_warns_when_the_best_checkpoint_was_changed_after_the_run(
     save_checkpoint(best, ckpt)
     main([str(run), "export.int8=false", *QUICK])
     assert "was changed after its run finished" in capsys.readouterr().err
+
+
+def test_int8_probabilities_sum_to_one(finished_run, tmp_path):
+    import numpy as np
+
+    from orchard_app.export.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    main([str(run), *QUICK])
+    int8 = session(run / "exports" / "model_int8.onnx")
+    image = int8.get_inputs()[0]
+    x = np.random.default_rng(0).integers(0, 256, (64, *image.shape[1:]), dtype=np.uint8)
+    sums = int8.run(None, {image.name: x})[0].sum(1)
+    assert np.abs(sums - 1).max() < 1e-5, (sums.min(), sums.max())
