@@ -5,7 +5,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from orchard_app.config import CONF_DIR, register
+from orchard_app.config import CONF_DIR, null_group_choices, register
 from orchard_app.rundir.claim import claim_once, drop_unused_claims
 
 register(claim=claim_once)
@@ -40,11 +40,19 @@ def _study_trial():
 
 
 def main() -> None:
+    import sys
+
+    multirun = "-m" in sys.argv or "--multirun" in sys.argv
+    if multirun and (bad := null_group_choices(sys.argv[1:])):
+        from orchard_app.errors import ConfigError, print_error
+
+        error = ConfigError([f"{a}: null is not an option a sweep can take; for no preset, "
+                             "sweep experiment=none (e.g. experiment=mini_cnn_flips,none)" for a in bad])  # fmt: skip
+        print_error(error)
+        raise SystemExit(error.exit_code)
     try:
         _hydra_entry()
     except KeyboardInterrupt:  # Ctrl-C while Hydra composes, before the job started
-        import sys
-
         drop_unused_claims()
         print("\norchard_app: interrupted during start-up; nothing was written.", file=sys.stderr)
         raise SystemExit(130) from None

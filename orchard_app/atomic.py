@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,26 @@ from pathlib import Path
 
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Remove the temp files under `directory` whose writer (the PID in the name) is dead."""
+    for tmp in Path(directory).rglob(".*.tmp"):
+        if (m := re.fullmatch(r"\..+\.(\d+)\.[0-9a-f]{6}\.tmp", tmp.name)) and not _alive(
+            int(m[1])
+        ):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -349,3 +349,34 @@ def test_hardware_auto_uses_bf16_on_cpu_only_where_native_and_says_so(
     cpu = torch.device("cpu")
     assert precision.amp_dtype(compose("hardware.amp=true").hardware, cpu) == torch.bfloat16
     assert precision.amp_dtype(compose("hardware.amp=false").hardware, cpu) is None
+
+
+def test_an_unreadable_metrics_json_is_noted_and_the_rest_compared(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, "breastmnist", seed, 0.8, 0.9)
+    broken = fake_run(tmp_path, "breastmnist", 2, 0.8, 0.9)
+    (broken / "metrics.json").write_text('{"test": ')
+    comparison = compare([tmp_path])
+    assert by_key(comparison)[("breastmnist", "default")]["seeds"] == 2
+    assert [n for n in comparison.notes if "metrics.json" in n and "cannot be read" in n]
+
+
+def test_500_copies_of_one_run_are_one_note_and_fast(tmp_path):
+    import time
+
+    for i in range(500):
+        fake_run(tmp_path / str(i), "breastmnist", 0, 0.8, 0.9, finished=f"2026-01-01T00:{i:04d}")
+    started = time.perf_counter()
+    comparison = compare([tmp_path])
+    assert time.perf_counter() - started < 1.0
+    repeated = [n for n in comparison.notes if "ran more than once" in n]
+    assert len(repeated) == 1 and "499 earlier runs left out" in repeated[0]
+
+
+def test_experiment_none_is_no_preset_and_a_null_in_a_sweep_names_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_yaml(compose("experiment=none")) == OmegaConf.to_yaml(compose())
+    result = run_cli("-m", "experiment=mini_cnn_flips,null", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sweep experiment=none" in result.stderr and not (tmp_path / "multirun").exists()

@@ -348,3 +348,58 @@ def test_every_model_in_the_zoo_exports_and_matches_pytorch(name, side, tmp_path
         x = random_images(batch, (1, side, side), seed=batch)
         got = sess.run(None, {"image": x})[0]
         assert max_deviation(torch_predictor(deployable)(x), got) < 1e-4
+
+
+def test_export_warns_when_the_checkpoint_is_another_runs_or_the_run_did_not_complete(
+    finished_run, tmp_path, capsys
+):
+    from orchard_app.export.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    prov = read_json(run / "provenance.json")
+    (run / "provenance.json").write_text(json.dumps({**prov, "status": "interrupted",
+                                                     "config_hash": "f" * 32}))  # fmt: skip
+    main([str(run), "export.int8=false", *QUICK])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "export: " in line]
+    assert any("belongs to another run" in w and "ffffffff" in w for w in warnings), warnings
+    assert any("did not complete (status interrupted)" in w and "epoch 1" in w for w in warnings)
+
+
+def test_export_warns_when_the_best_checkpoint_was_changed_after_the_run(
+    finished_run, tmp_path, capsys
+):
+    from orchard_app.engine.checkpoint import load_checkpoint, save_checkpoint
+    from orchard_app.export.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    main([str(run), "export.int8=false", *QUICK])
+    first = capsys.readouterr().err
+    assert (
+        "another run" not in first
+        and "changed after" not in first
+        and "did not complete" not in first
+    )
+    best = run / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    name = next(iter(ckpt["model"]))
+    ckpt["model"][name] = ckpt["model"][name] * 1.5
+    save_checkpoint(best, ckpt)
+    main([str(run), "export.int8=false", *QUICK])
+    assert "was changed after its run finished" in capsys.readouterr().err
+
+
+def test_int8_probabilities_sum_to_one(finished_run, tmp_path):
+    import numpy as np
+
+    from orchard_app.export.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run[0], run)
+    main([str(run), *QUICK])
+    int8 = session(run / "exports" / "model_int8.onnx")
+    image = int8.get_inputs()[0]
+    x = np.random.default_rng(0).integers(0, 256, (64, *image.shape[1:]), dtype=np.uint8)
+    sums = int8.run(None, {image.name: x})[0].sum(1)
+    assert np.abs(sums - 1).max() < 1e-5, (sums.min(), sums.max())

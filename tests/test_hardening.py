@@ -74,8 +74,43 @@ def test_a_finished_run_dir_is_not_reused_but_can_be_resumed(tiny_npz, tmp_path)
     resumed = run_cli(f"hydra.run.dir={run}", *tiny_overrides(tiny_npz, "training.resume=auto"),
                       cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+    assert "already completed" in resumed.stderr + resumed.stdout
     prov = read_json(run / "provenance.json")
-    assert [a["outcome"] for a in prov["attempts"]] == ["completed", "completed"]
+    assert [a["outcome"] for a in prov["attempts"]] == ["completed"]
+
+
+def test_a_live_run_dir_names_the_lock_holder(finished_run, shared_npz, tmp_path):
+    from orchard_app.rundir.lock import RunLock
+
+    run = tmp_path / "live"
+    shutil.copytree(finished_run[0], run)
+    with RunLock(run):
+        result = run_cli(f"hydra.run.dir={run}", *tiny_overrides(shared_npz), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"locked by PID {os.getpid()} on host" in result.stderr and "Wait for" in result.stderr
+    assert "already holds a run" not in result.stderr
+
+
+def test_resume_auto_of_a_completed_run_keeps_its_record(finished_run, shared_npz, tmp_path):
+    run = tmp_path / "done"
+    shutil.copytree(finished_run[0], run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    value = train(compose(*tiny_overrides(shared_npz, "training.resume=auto")), run)
+    assert value == finished_run[1]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_removes_the_temp_files_of_killed_writers(interrupted_run, shared_npz, tmp_path):
+    run = tmp_path / "killed"
+    shutil.copytree(interrupted_run, run)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = run / "checkpoints" / f".last.pt.{dead}.a1b2c3.tmp"
+    stale.write_bytes(b"")
+    theirs = run / "checkpoints" / f".best.pt.{os.getpid()}.d4e5f6.tmp"  # a live writer's
+    theirs.write_bytes(b"")
+    train(compose(*tiny_overrides(shared_npz, *INTERRUPTED, "training.resume=auto")), run)
+    assert not stale.exists() and theirs.exists()
 
 
 def test_a_config_error_leaves_no_run_dir(tmp_path):

@@ -16,11 +16,21 @@ from pathlib import Path
 
 from orchard_app.compare.runs import find_run_dirs, read_run, seedless_hash
 from orchard_app.compare.table import Comparison, group_runs, paper, to_csv, to_markdown, write
+from orchard_app.errors import CompareError
 
 __all__ = ["compare", "paper", "seedless_hash", "to_csv", "to_markdown", "write"]
 
 
 def compare(paths: list[str | Path]) -> Comparison:
-    """Find, read and group the runs under `paths`."""
+    """Find, read and group the runs under `paths`; a run that cannot be read is noted and
+    left out (an error only when no run can be read)."""
     run_dirs, notes = find_run_dirs(paths)
-    return group_runs([read_run(p) for p in run_dirs], notes)
+    runs, unreadable = [], []
+    for path in run_dirs:
+        try:
+            runs.append(read_run(path))
+        except CompareError as e:
+            unreadable.append(e)
+    if unreadable and not runs:
+        raise unreadable[0]
+    return group_runs(runs, notes + [f"left out: {e}".split("\n")[0] for e in unreadable])

@@ -3,6 +3,8 @@ notes on jobs that left no results, and what `compare` needs of each run."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -137,7 +139,7 @@ def read_run(path: Path) -> Run:
     return Run(
         path=path, dataset=str(dataset), accuracy=accuracy, auc=auc,
         seed=int(seed) if isinstance(seed, int) else None, key=key,
-        experiment=str(choice) if choice else "default", settings=_settings(overrides),
+        experiment=str(choice) if choice not in (None, "none") else "default", settings=_settings(overrides),
         seconds=float(seconds) if isinstance(seconds, int | float) else None,
         finished=str(provenance.get("finished") or ""),
     )  # fmt: skip
@@ -175,9 +177,15 @@ def _json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
 
 def _yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return copy.deepcopy(_parse(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError):
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> Any:
+    """Copies of one run (or the seeds of a sweep) share their files' text: parsed once, in C."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _select(node: Any, dotted: str) -> Any:

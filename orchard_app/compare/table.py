@@ -100,9 +100,12 @@ def group_runs(runs: list[Run], notes: list[str] | None = None) -> Comparison:
                 g.dropped.append(by_seed[run.seed])
             by_seed[run.seed if run.seed is not None else id(run)] = run
         g.runs = sorted(by_seed.values(), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
-        for old in g.dropped:
-            notes.append(f"{g.dataset} / {g.label}: seed {old.seed} ran more than once; "
-                         f"the latest run is used, not {old.path}")  # fmt: skip
+        if g.dropped:
+            seeds = ",".join(sorted({str(r.seed) for r in g.dropped}))
+            which = (f"not {g.dropped[0].path}" if len(g.dropped) == 1
+                     else f"{len(g.dropped)} earlier runs left out")  # fmt: skip
+            notes.append(f"{g.dataset} / {g.label}: seed {seeds} ran more than once; "
+                         f"the latest run is used, {which}")  # fmt: skip
     table = paper()["datasets"]
     for name in sorted({g.dataset for g in groups.values()} - set(table)):
         notes.append(f"{name}: not in the MedMNIST v2 paper; its paper columns are empty")

@@ -23,6 +23,13 @@ def register(claim: Callable[[str], str] | None = None) -> None:
     register_resolvers(claim)
 
 
+def null_group_choices(argv: list[str]) -> list[str]:
+    """The `group=...,null` sweeps in `argv`, which Hydra ends in a traceback: `<group>=none`
+    is the app's "no preset" option (conf/experiment/none.yaml)."""
+    return [a for a in argv if "=" in a and (CONF_DIR / a.split("=", 1)[0].lstrip("+~")).is_dir()
+            and "null" in a.split("=", 1)[1].split(",")]  # fmt: skip
+
+
 def compose(*overrides: str, config_name: str = "config", return_hydra_config: bool = False):
     """The config `python -m orchard_app <overrides>` composes from conf/ (tests, bench, saved
     runs); with `return_hydra_config`, its `hydra` node too, as the launcher process sees it."""
@@ -44,5 +51,6 @@ __all__ = [
     "direction_of",
     "experiment_view",
     "monitor_direction",
+    "null_group_choices",
     "register",
 ]

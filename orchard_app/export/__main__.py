@@ -62,7 +62,12 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
     try:
         is_run = (run_dir / layout.PROVENANCE).is_file()  # a run dir: one writer at a time
         with RunLock(run_dir) if is_run else contextlib.nullcontext():
+            from orchard_app.engine.checkpoint import load_checkpoint
             from orchard_app.export.pipeline import export_run
+
+            ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+            if is_run:
+                _warn_about_the_run(run_dir, checkpoint, ckpt)
 
             bench = export_run(cfg, checkpoint, run_dir / layout.EXPORTS_DIR, ckpt=ckpt,
                                report=run_dir / layout.REPORT)  # fmt: skip
@@ -72,6 +77,30 @@ def _export(cfg, checkpoint: Path, run_dir: Path, ckpt: dict | None) -> dict:
         return bench
     finally:
         undo()
+
+
+def _warn_about_the_run(run_dir: Path, checkpoint: Path, ckpt: dict) -> None:
+    """One line each when the checkpoint is another run's, or the run did not complete."""
+    import logging
+
+    from orchard_app.config.resolvers import hash_container
+    from orchard_app.rundir.provenance import BEST_DIGEST, file_digest, read_provenance
+
+    log = logging.getLogger("orchard_app.export")
+    prov = read_provenance(run_dir / layout.PROVENANCE) or {}
+    ours, theirs = prov.get("config_hash"), ckpt.get("config") and hash_container(ckpt["config"])
+    if ours and theirs and ours != theirs:
+        log.warning("export: %s belongs to another run (config %s, not this run's %s): the "
+                    "exports are of that run's model", checkpoint, theirs[:8], ours[:8])  # fmt: skip
+    best = checkpoint.resolve() == layout.best_checkpoint(run_dir).resolve()
+    recorded = prov.get(BEST_DIGEST) if best else None
+    if prov.get("status") == "completed" and recorded and recorded != file_digest(checkpoint):
+        log.warning("export: %s was changed after its run finished (its digest differs from "
+                    "provenance.json's): the exports are of the changed weights", checkpoint)  # fmt: skip
+    elif prov.get("status") not in (None, "completed"):
+        epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
+        log.warning("export: the run did not complete (status %s); %s is from epoch %s",
+                    prov.get("status"), checkpoint.name, epoch)  # fmt: skip
 
 
 def _track(run_dir: Path, bench: dict) -> None:

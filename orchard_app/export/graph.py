@@ -21,7 +21,10 @@ class Deployable(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.model(self.preprocess(image)).float()
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
+        if self.multilabel:
+            return torch.sigmoid(logits)
+        probs = torch.softmax(logits, 1)  # renormalised: INT8 rounding leaves sums of 0.98-1.01
+        return probs / probs.sum(1, keepdim=True)
 
 
 def torch_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

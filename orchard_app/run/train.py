@@ -8,6 +8,7 @@ The test split is evaluated once, with the best checkpoint. metrics.json is writ
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext, stop_policy
 from orchard_app.rundir import layout
 from orchard_app.rundir.directory import RunDirectory
-from orchard_app.rundir.provenance import device_info
+from orchard_app.rundir.provenance import BEST_DIGEST, device_info, file_digest, read_provenance
 from orchard_app.tracking import NullTracker, open_tracker
 
 log = logging.getLogger("orchard_app")
@@ -55,6 +56,9 @@ def train(
     digest = hash_container(config)
     fields = {"config_hash": digest, "config_hash_short": digest[:SHORT_HASH_LEN]}
     resume, continues = resume_target(cfg.training.resume, run_path)
+    if continues and (best := _completed_value(run_path, digest)) is not None:
+        log.info("%s: this run already completed; nothing to resume (its record is kept)", run_path)
+        return best
     process = process_rank()
     if process.world_size > 1:
         fields |= {"world_size": process.world_size, "launcher": process.launcher}
@@ -114,6 +118,9 @@ def train(
                     progress.phase = "the deployment export"
                     exported["export"] = _export(cfg, run_path, data)
             finally:  # a failed export still leaves the training's results, written and tracked
+                run.provenance.update(
+                    **{BEST_DIGEST: file_digest(layout.best_checkpoint(run_path))}
+                )
                 write_metrics(run_path / layout.METRICS, summary)
                 tracker.log_results(summary.to_dict() | exported, run_path)
 
@@ -133,6 +140,17 @@ def train(
             ", ".join(files + [f"{layout.EXPORTS_DIR}/"] * cfg.export.enabled),
         )
         return float(state.best_value)
+
+
+def _completed_value(run_path: Path, digest: str) -> float | None:
+    """The recorded best value when `run_path` holds this very config's completed run."""
+    prov = read_provenance(run_path / layout.PROVENANCE) or {}
+    if prov.get("status") != "completed" or prov.get("config_hash") != digest:
+        return None
+    try:
+        return float(json.loads((run_path / layout.METRICS).read_text())["monitor"]["best_value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _safe_flips(cfg: DictConfig) -> list[str]:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchard_app.atomic import atomic_write
+from orchard_app.atomic import atomic_write, remove_stale_temp_files
 from orchard_app.errors import RunDirError, StorageError
 from orchard_app.outcomes import outcome_of
 from orchard_app.rundir import layout
@@ -57,6 +57,8 @@ class RunDirectory:
         self._refuse_another_runs_dir()
         with self._stack as stack:
             stack.enter_context(RunLock(self.path))
+            if self.continues:  # a writer killed mid-write (kill -9) left its temp file
+                remove_stale_temp_files(self.path)
             stack.callback(setup_logging(self.path / layout.LOGS_DIR, self.run_id))
             self.provenance = Provenance(
                 self.path / layout.PROVENANCE, {"run_id": self.run_id, **self.fields},
@@ -73,6 +75,9 @@ class RunDirectory:
         previous = read_provenance(self.path / layout.PROVENANCE)
         if previous is None or self.continues:
             return
+        if (self.path / layout.LOCK).exists():  # a live run: name its holder, not a resume
+            with RunLock(self.path):
+                pass
         raise RunDirError(
             f"{self.path} already holds a run (status {previous.get('status')}, started "
             f"{previous.get('started')}); a new run would overwrite its record.\n"

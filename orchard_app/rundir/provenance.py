@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -212,6 +213,14 @@ class Provenance:
             atomic_write(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
         except OSError as e:
             raise StorageError(self.path, e) from None
+
+
+BEST_DIGEST = "best_checkpoint_blake2b"  # of best.pt as the finished run left it (export checks it)
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
 def read_provenance(path: Path) -> dict[str, Any] | None:
