@@ -14,7 +14,7 @@ import torch
 from orchard_app.data.dataset import DataBundle, load_dataset
 from orchard_app.data.preprocess import Preprocess
 from orchard_app.engine.checkpoint import check_compatible, fingerprint, load_checkpoint
-from orchard_app.errors import CheckpointError
+from orchard_app.errors import CheckpointError, first_line
 from orchard_app.models import build_for_data
 
 
@@ -44,7 +44,7 @@ def assemble_export(
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(
             f"{checkpoint}: its weights do not load into {cfg.model.name} "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+            f"({type(e).__name__}: {first_line(e, most=200)})"
         ) from None
     epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
     return ExportParts(data, Preprocess.for_data(cfg.dataset, data.info), model.eval(),

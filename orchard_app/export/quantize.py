@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard_app.errors import ExportError
+from orchard_app.errors import ExportError, first_line
 
 log = logging.getLogger("orchard_app.export")
 
@@ -54,7 +54,7 @@ def quantize_int8(
                 calibrate_method=CalibrationMethod.MinMax,
             )  # fmt: skip
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            first = first_line(e, most=300)
             raise ExportError(
                 f"INT8 quantization failed ({type(e).__name__}: {first}); model.onnx is fine.\n"
                 "  Skip INT8 with export.int8=false."

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard_app.errors import ExportError
+from orchard_app.errors import ExportError, first_line
 
 
 def open_session(path: Path, threads: int):
@@ -21,9 +21,9 @@ def open_session(path: Path, threads: int):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # a model this onnxruntime cannot run (opset, operator)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, most=300)
         raise ExportError(
-            f"onnxruntime {ort.__version__} cannot load the exported model ({first[:300]}).\n"
+            f"onnxruntime {ort.__version__} cannot load the exported model ({first}).\n"
             "  Try another export.opset (18 is the most widely supported), or update onnxruntime."
         ) from e
 

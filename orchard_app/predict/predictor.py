@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from orchard_app.errors import CheckpointError, ConfigError
+from orchard_app.errors import CheckpointError, ConfigError, first_line
 from orchard_app.rundir import layout
 
 log = logging.getLogger("orchard_app.predict")
@@ -121,7 +121,7 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
         net.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{checkpoint}: its weights do not load into {cfg.model.name} "
-                              f"({str(e).strip().splitlines()[0][:200]})") from None  # fmt: skip
+                              f"({first_line(e, most=200)})") from None  # fmt: skip
     preprocess = Preprocess.for_data(cfg.dataset, info)
     net = net.to(device).eval()
     deployable = Deployable(preprocess, net, info.task == "multi-label").eval()
