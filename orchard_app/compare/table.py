@@ -18,6 +18,7 @@ from orchard_app.atomic import atomic_write
 from orchard_app.compare.runs import Run
 from orchard_app.errors import CompareError
 from orchard_app.rundir import layout
+from orchard_app.rundir.logging import duration
 
 PAPER_FILE = Path(__file__).with_name("medmnist_v2.json")
 
@@ -140,9 +141,7 @@ def _num(value: float | None, signed: bool = False) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return "" if seconds is None else duration(seconds)
 
 
 def to_markdown(comparison: Comparison) -> str:
