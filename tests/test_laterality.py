@@ -105,6 +105,15 @@ def test_the_blob_set_is_side_sensitive_and_refuses_flips_the_cli_way(tmp_path):
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
 
 
+def test_an_image_folder_whose_class_folders_name_a_side_refuses_the_mirror(tmp_path):
+    for name in ("left-blob", "right-blob"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+    overrides = ("dataset=folder", f"dataset.path={tmp_path / 'imgs'}")
+    assert is_lateral(compose(*overrides).dataset)
+    with pytest.raises(ConfigError, match="left-blob, right-blob"):
+        plan_and_validate(*overrides, "dataset.augment.hflip=true")
+
+
 def test_tta_on_a_side_sensitive_set_never_averages_a_mirror_image(tmp_path):
     npz = blob_npz(tmp_path / "blobs.npz", counts=(40, 20, 20))
     cfg = compose(*blob_overrides(npz, "dataset.augment.vflip=true", "evaluation.tta=true"))

@@ -12,7 +12,10 @@ upright sets), saying so at start-up, instead of being refused. No torch: valida
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 SIDE_TOKENS = frozenset({"left", "right", "l", "r", "lt", "rt", "sinister", "dexter"})
@@ -24,13 +27,18 @@ def side_classes(names: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def class_names(ds: Any) -> list[str]:
-    """The class names known before any data is read: MedMNIST's from medmnist.INFO, an npz's
-    from dataset.label_names (none otherwise)."""
+    """The class names known before any data is read: MedMNIST's from medmnist.INFO, an image
+    folder's from its class folders, an npz's from dataset.label_names (none otherwise)."""
     if ds.source == "medmnist":
         from orchard_app.config.medmnist import medmnist_info
 
         labels = medmnist_info().get(ds.name, {}).get("label", {})
         return [labels[str(i)] for i in range(len(labels))]
+    if ds.source == "folder" and ds.get("path"):  # the class folders' names (a listing only)
+        root = Path(os.path.expanduser(str(ds.path)))
+        top = root / "train" if (root / "train").is_dir() else root
+        with contextlib.suppress(OSError):  # (the loader names a missing or unreadable folder)
+            return sorted(e.name for e in os.scandir(top) if e.is_dir() and e.name[0] != ".")
     return list(ds.get("label_names") or [])
 
 

@@ -30,6 +30,7 @@ class Predictor:
     channels: int  # as the model's input takes them (before any expansion inside)
     side: int
     resize: str  # the run's dataset.resize: how images are brought to `side`
+    hflip: bool  # --tta averages horizontal flips (never on a set whose classes name a side)
     vflip: bool  # the run trained with vertical flips: --tta averages them too
     source: str  # what runs, for the summary
     explainable: Any = None  # raw pixels -> logits (torch), for Grad-CAM; checkpoint only
@@ -42,7 +43,7 @@ class Predictor:
         """Probabilities; with `tta` averaged over the run's flips, as the engine's evaluation."""
         if not tta:
             return self.predict(batch)
-        axes = [None, 3] + ([2] if self.vflip else [])
+        axes = [None] + [3] * self.hflip + [2] * self.vflip
         views = [batch if a is None else np.ascontiguousarray(np.flip(batch, a)) for a in axes]
         return sum(self.predict(v) for v in views) / len(views)
 
@@ -92,7 +93,7 @@ def _from_onnx(path: Path, run_dir: Path) -> Predictor:
         raise CheckpointError(f"{path} lacks orchard_app's metadata ({e}); pass the run "
                               "directory that exported it") from None  # fmt: skip
     cfg = _run_config(run_dir)
-    return Predictor(onnx_predictor(session), names, task, channels, side, *_run_settings(cfg),
+    return Predictor(onnx_predictor(session), names, task, channels, side, *_run_settings(cfg, names),
                      source=str(path))  # fmt: skip
 
 
@@ -132,7 +133,7 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
 
     names = _names(run_dir, cfg, fp["num_classes"])
     return Predictor(predict, names, fp["task"], fp["in_chans"], fp["resolution"],
-                     *_run_settings(cfg), source=str(checkpoint),
+                     *_run_settings(cfg, names), source=str(checkpoint),
                      explainable=nn.Sequential(preprocess, net))  # fmt: skip
 
 
@@ -152,11 +153,15 @@ def _compose(saved: dict, source: str):
     return compose_saved(saved, [], source)
 
 
-def _run_settings(cfg) -> tuple[str, bool]:
+def _run_settings(cfg, names: list[str]) -> tuple[str, bool, bool]:
+    """(resize, TTA's horizontal flip, its vertical flip), as the run's evaluation had them."""
+    from orchard_app.config.laterality import is_lateral, side_classes
+
     if cfg is None:
         log.info("no run config next to the model: images are padded to square (resize=pad)")
-        return "pad", False
-    return str(cfg.dataset.get("resize", "pad")), bool(cfg.dataset.augment.vflip)
+        return "pad", not side_classes(names), False
+    return (str(cfg.dataset.get("resize", "pad")), not is_lateral(cfg.dataset, names),
+            bool(cfg.dataset.augment.vflip))  # fmt: skip
 
 
 def _names(run_dir: Path, cfg, n: int) -> list[str]:
