@@ -87,7 +87,7 @@ def grid_figure(path: Path, images: np.ndarray, cams: np.ndarray, titles: list[s
     plt = _plt()
     n, cols = len(images), min(4, len(images))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k in range(n):

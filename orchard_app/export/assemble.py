@@ -37,8 +37,18 @@ def assemble_export(
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     data = load_dataset(cfg.dataset, seed=int(cfg.training.seed)) if data is None else data
-    model = build_for_data(cfg.model, data.info, exportable=True, pretrained=False)
-    check_compatible(ckpt["fingerprint"], fingerprint(cfg.model, data.info, model), checkpoint)
+    model = model_from_checkpoint(cfg, data.info, ckpt, checkpoint, exportable=True)
+    epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
+    return ExportParts(data, Preprocess.for_data(cfg.dataset, data.info), model.eval(),
+                       checkpoint, epoch, ckpt.get("config") or {})  # fmt: skip
+
+
+def model_from_checkpoint(cfg, info, ckpt: dict[str, Any], checkpoint: Path,
+                          exportable: bool = False) -> torch.nn.Module:  # fmt: skip
+    """The run's model for `info` with the checkpoint's weights (no pretrained download), once
+    its fingerprint was checked against this config; export and predict both rebuild it here."""
+    model = build_for_data(cfg.model, info, exportable=exportable, pretrained=False)
+    check_compatible(ckpt["fingerprint"], fingerprint(cfg.model, info, model), checkpoint)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -46,6 +56,4 @@ def assemble_export(
             f"{checkpoint}: its weights do not load into {cfg.model.name} "
             f"({type(e).__name__}: {first_line(e, most=200)})"
         ) from None
-    epoch = ckpt.get("epoch", (ckpt.get("state") or {}).get("epoch"))
-    return ExportParts(data, Preprocess.for_data(cfg.dataset, data.info), model.eval(),
-                       checkpoint, epoch, ckpt.get("config") or {})  # fmt: skip
+    return model

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from orchard_app.errors import CheckpointError, ConfigError, first_line
+from orchard_app.errors import CheckpointError, ConfigError
 from orchard_app.rundir import layout
 
 log = logging.getLogger("orchard_app.predict")
@@ -102,10 +102,10 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
     from torch import nn
 
     from orchard_app.data.preprocess import Preprocess
-    from orchard_app.engine.checkpoint import check_compatible, fingerprint, load_checkpoint
+    from orchard_app.engine.checkpoint import load_checkpoint
+    from orchard_app.export.assemble import model_from_checkpoint
     from orchard_app.export.graph import Deployable
     from orchard_app.export.trained import resolve_target, saved_config
-    from orchard_app.models import build_for_data
 
     checkpoint, run_dir = resolve_target(target)
     saved, source, ckpt = saved_config(checkpoint, run_dir)
@@ -116,13 +116,7 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
     info = SimpleNamespace(name=fp["dataset"], task=fp["task"], num_classes=fp["num_classes"],
                            in_chans=fp["in_chans"], channels=fp["in_chans"],
                            resolution=fp["resolution"])  # fmt: skip
-    net = build_for_data(cfg.model, info, pretrained=False)
-    check_compatible(fp, fingerprint(cfg.model, info, net), checkpoint)
-    try:
-        net.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{checkpoint}: its weights do not load into {cfg.model.name} "
-                              f"({first_line(e, most=200)})") from None  # fmt: skip
+    net = model_from_checkpoint(cfg, info, ckpt, checkpoint)
     preprocess = Preprocess.for_data(cfg.dataset, info)
     net = net.to(device).eval()
     deployable = Deployable(preprocess, net, info.task == "multi-label").eval()
