@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -268,3 +269,35 @@ def test_the_total_of_an_optuna_sweep_is_n_trials_unless_a_grid_ends_it_sooner(s
     with open_dict(cfg.hydra.sweeper.sampler):
         cfg.hydra.sweeper.sampler._target_ = f"optuna.samplers.{sampler}"
     assert total_jobs(cfg) == total
+
+
+# ---------------------------------------------------------------------- sweep-only arguments
+@pytest.mark.parametrize(
+    ("arg", "said"),
+    [
+        ("hpo=quick", "runs an Optuna study of many trials, which needs -m"),
+        ("hydra/sweeper=orchard_optuna", "takes effect only in a sweep, which needs -m"),
+        ("optimizer.lr=tag(log,interval(1e-4,1e-2))", "asks for a sweep (several values or a "
+         "search space), which needs -m"),
+        ("training.batch_size=choice(16,32)", "asks for a sweep"),
+        ("training.batch_size=range(16,64,16)", "asks for a sweep"),
+        ("training.seed=1,2", "asks for a sweep"),
+    ],
+)  # fmt: skip
+def test_a_sweep_argument_without_m_is_refused_before_anything_runs(arg, said, tmp_path):
+    result = run_cli(arg, "training.epochs=1", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.lstrip().startswith(f"orchard_app: invalid config:\n  - {arg} {said}")
+    assert (
+        f"add -m for the sweep: python -m orchard_app -m {shlex.quote(arg)} training.epochs=1"
+        in result.stderr
+    )
+    assert ("interval is searched by an Optuna study" in result.stderr) == ("interval(" in arg)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_the_config_of_an_hpo_preset_can_still_be_shown_without_m(tmp_path):
+    result = run_cli("--cfg", "job", "hpo=quick", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "hpo:" in result.stdout
