@@ -101,7 +101,7 @@ def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tm
                  "figures/intermediate_values.png"):  # fmt: skip
         assert (sweep / name).is_file(), name
     best = max(table, key=lambda r: float(r["value"]))
-    assert f"best trial {best['number']}" in result.stderr
+    assert f"best trial #{best['number']}: val_accuracy " in result.stderr
 
     rerun = ok(run_cli("--config-path", str(sweep), "--config-name", "best_config", cwd=tmp_path / "x"
                        if (tmp_path / "x").mkdir() is None else tmp_path))  # fmt: skip

@@ -72,9 +72,14 @@ def test_the_stock_optuna_sweeper_maximises_accuracy_and_reports_the_best(tiny_n
     assert best == max(values)
     # a line per trial as it ends, then the table
     for k in (1, 2, 3):
-        assert len(re.findall(rf"{CLOCK}trial {k}/3 done: #\d val_accuracy ", err)) == 1, k
+        assert (
+            len(re.findall(rf"{CLOCK}trial #\d done, val_accuracy \S+ \| {k} of 3 ended", err)) == 1
+        ), k
     assert f"best val_accuracy {max(values):.4f}" in err
-    assert re.search(r"job +state +val_accuracy +run dir", err)
+    assert re.search(r"trial +state +val_accuracy +run dir", err)
+    for k in (0, 1, 2):  # one line per launched trial, with its sampled value
+        assert len(re.findall(rf"{CLOCK}trial #{k} launched: lr=\d\.\d+(e-0\d)?\n", err)) == 1, k
+    assert "Launching" not in err and "[I " not in err  # nor Hydra's nor Optuna's own lines
     lines = console_lines(err)
     assert_no_line_printed_twice(lines)
 
@@ -173,7 +178,14 @@ def test_a_slurm_sweep_shows_each_launcher_warning_once(cluster, tiny_npz, tmp_p
     assert output.count("Bypassing sacct error") <= 1  # once, or never on a cluster with sacct
     assert "submitit WARNING" not in output  # submitit's own handlers are set aside
     for k in (1, 2):
-        assert len(re.findall(rf"{CLOCK}job {k}/2 done: #\d val_accuracy ", result.stderr)) == 1
+        assert (
+            len(
+                re.findall(
+                    rf"{CLOCK}job #\d done, val_accuracy \S+ \| {k} of 2 ended", result.stderr
+                )
+            )
+            == 1
+        )
     lines = console_lines(result.stderr)
     assert_no_line_printed_twice(lines)
     assert {j["outcome"] for j in jobs_of(sweep_dir_of(tmp_path))} == {"completed"}
@@ -185,12 +197,16 @@ def test_a_basic_sweep_prints_a_line_per_job_and_a_table(failing_sweep):
     assert result.returncode == 1
     err = result.stderr
     assert "Traceback" not in err
-    first = re.search(rf"{CLOCK}job 1/2 done: #0 val_accuracy (\S+) \| best so far \1 \(#0\) "
-                      r"\| elapsed \d+s, ETA \d+s\n", err)  # fmt: skip
-    second = re.search(rf"{CLOCK}job 2/2 done: #1 failed \| best so far \S+ \(#0\) "
+    first = re.search(rf"{CLOCK}job #0 done, val_accuracy (\S+) \| 1 of 2 ended \| best so far "
+                      r"\1 \(#0\) \| elapsed \d+s, ETA \d+s\n", err)  # fmt: skip
+    second = re.search(rf"{CLOCK}job #1 failed \| 2 of 2 ended \| best so far \S+ \(#0\) "
                        r"\| elapsed \d+s\n", err)  # fmt: skip
     assert first and second and first.start() < second.start(), err[-3000:]
-    assert err.count("job 1/2 done") == 1 and err.count("job 2/2 done") == 1
+    assert err.count("1 of 2 ended") == 1 and err.count("2 of 2 ended") == 1
+    # a line per launched job, with the value it sweeps; none of Hydra's per-launch lines
+    assert re.search(rf"{CLOCK}job #0 launched: label_smoothing=0.1\n", err)
+    assert re.search(rf"{CLOCK}job #1 launched: label_smoothing=1.5\n", err)
+    assert "Launching" not in err and "\t#0 :" not in err
     table = err[err.index("sweep /") :]
     assert "2 job(s): 1 completed, 1 failed; best val_accuracy" in table
     assert re.search(r"job +state +val_accuracy +run dir\n +#0 +completed +\d\.\d{4} +/", table)
@@ -212,11 +228,11 @@ def test_progress_lines_from_another_process_each_once_with_best_and_eta(tmp_pat
     write_rows(sweep, {"job": 2, "outcome": "requeued", "value": None})
     progress.stop()
     lines = console_lines(capsys.readouterr().err)
-    assert [re.sub(CLOCK, "", line).split(" | ")[:2] for line in lines] == [
-        ["trial 1/20 done: #4 val_accuracy 0.9120", "best so far 0.9120 (#4)"],
-        ["trial 2/20 done: #1 val_accuracy 0.5000", "best so far 0.9120 (#4)"],
-        ["trial 3/20 done: #6 pruned at epoch 3", "best so far 0.9120 (#4)"],
-        ["trial 3/20 done: #2 requeued (it resumes when the scheduler restarts it)",
+    assert [re.sub(CLOCK, "", line).split(" | ")[:3] for line in lines] == [
+        ["trial #4 done, val_accuracy 0.9120", "1 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #1 done, val_accuracy 0.5000", "2 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #6 pruned at epoch 3", "3 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #2 requeued (it resumes when the scheduler restarts it)", "3 of 20 ended",
          "best so far 0.9120 (#4)"],
     ]  # fmt: skip
     assert all(re.search(r"\| elapsed \d+s, ETA \d+s$", line) for line in lines)
@@ -232,7 +248,9 @@ def test_best_so_far_follows_a_loss_monitor_downwards(tmp_path, capsys):
     progress.poll()  # nothing new: nothing printed again
     last = console_lines(capsys.readouterr().err)
     assert len(last) == 3
-    assert re.sub(CLOCK, "", last[-1]).startswith("job 3 done: #2 failed | best so far 0.3000 (#1)")
+    assert re.sub(CLOCK, "", last[-1]).startswith(
+        "job #2 failed | 3 ended | best so far 0.3000 (#1)"
+    )
     assert "ETA" not in last[-1]  # the total is unknown
 
 

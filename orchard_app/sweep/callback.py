@@ -36,7 +36,7 @@ class SweepSummary(Callback):
         from orchard_app.config.monitor import direction_of
         from orchard_app.sweep.direction import follow_monitor, is_optuna
         from orchard_app.sweep.launcher_logs import route_launcher_logs
-        from orchard_app.sweep.progress import Progress, total_jobs
+        from orchard_app.sweep.progress import Progress, swept_keys, total_jobs
 
         try:
             follow_monitor(config)  # (first: resolving the sweep dir claims it)
@@ -45,8 +45,9 @@ class SweepSummary(Callback):
         except SystemExit:
             self._refused = True
             raise
-        self._undo_logs = route_launcher_logs(config)
-        noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
+        optuna = is_optuna(config.hydra.sweeper)
+        noun = "trial" if optuna else "job"
+        self._undo_logs = route_launcher_logs(config, swept_keys(config), noun, optuna)
         ours = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         self._progress = Progress(sweep_dir, total_jobs(config), noun, str(config.training.monitor),
                                   direction_of(config), held=ours).start()  # fmt: skip
@@ -59,7 +60,8 @@ class SweepSummary(Callback):
         if self._refused:
             return
         from orchard_app.config.monitor import direction_of
-        from orchard_app.sweep.progress import mlflow_hint, summary_text
+        from orchard_app.sweep.direction import is_optuna
+        from orchard_app.sweep.progress import closing_lines, mlflow_hint, summary_text
 
         progress, self._progress = self._progress, None
         if progress is not None:
@@ -71,12 +73,17 @@ class SweepSummary(Callback):
             self._undo_logs = None
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         jobs = read_jobs(sweep_dir)
+        closing = closing_lines()  # the study's files and dashboard, from the study sweeper
         if not jobs:
+            for text in closing:
+                print("\n" + text, file=sys.stderr, flush=True)
             return
-        text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config))
+        noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
+        text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config),
+                            noun)  # fmt: skip
         if hint := mlflow_hint(jobs):
             text += "\n" + hint
-        print("\n" + text, file=sys.stderr, flush=True)
+        print("\n" + "\n\n".join([text, *closing]), file=sys.stderr, flush=True)
         outcomes = {job["outcome"] for job in jobs}
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
