@@ -7,15 +7,21 @@ import json
 import logging
 import re
 import shlex
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import compose, run_cli, tiny_overrides
 from omegaconf import OmegaConf, open_dict
 
+from orchard_app.hpo.storage import dashboard_command
 from orchard_app.rundir.layout import JOBS as RECORD_NAME
+from orchard_app.sweep.console import compact, launched
 from orchard_app.sweep.direction import follow_monitor
 from orchard_app.sweep.launcher_logs import route_launcher_logs
 from orchard_app.sweep.progress import Progress, summary_text, total_jobs
@@ -319,3 +325,103 @@ def test_the_config_of_an_hpo_preset_can_still_be_shown_without_m(tmp_path):
     result = run_cli("--cfg", "job", "hpo=quick", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "hpo:" in result.stdout
+
+
+# ---------------------------------------------------------------------- 5. launch and closing lines
+def test_a_launch_line_names_the_trial_and_its_values_in_short(capsys):
+    launched(5, {"optimizer.lr": "0.0008468008575248334", "training.batch_size": "32",
+                 "scheduler": "cosine", "a.dropout": 7.068974950624607e-06, "b.dropout": 0.5})  # fmt: skip
+    (line,) = console_lines(capsys.readouterr().err)
+    assert re.sub(CLOCK, "", line) == ("trial #5 launched: lr=0.000847 batch_size=32 "
+                                       "scheduler=cosine a.dropout=7.07e-06 b.dropout=0.5")  # fmt: skip
+    assert [compact(v) for v in ("1e-3", "nan", "12", 3, "0.30000000000000004")] == [
+        "0.001", "nan", "12", "3", "0.3"]  # fmt: skip
+
+
+def test_hydras_launch_records_become_one_short_line_per_trial(capsys):
+    """The records Hydra's basic launcher (and submitit's) logs at each launch of a study."""
+    cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins."
+                                                   "basic_launcher.BasicLauncher"}}})  # fmt: skip
+    undo = route_launcher_logs(cfg, {"optimizer.lr", "training.batch_size"}, "trial")
+    hydra_log = logging.getLogger("hydra._internal.core_plugins.basic_launcher")
+    try:
+        with capture_records(hydra_log) as passed:
+            hydra_log.info("Launching 1 jobs locally")
+            hydra_log.info("\t#7 : optimizer.lr=0.011536162338241389 training.batch_size=128 "
+                           "hpo=quick dataset=npz ++hydra.job.env_set.ORCHARD_HPO_TRIAL='8'")  # fmt: skip
+            hydra_log.info("something else")
+    finally:
+        undo()
+    (line,) = console_lines(capsys.readouterr().err)
+    assert re.sub(CLOCK, "", line) == "trial #7 launched: lr=0.0115 batch_size=128"
+    assert passed == ["something else"]
+    assert not hydra_log.filters  # taken off after the sweep
+
+
+class capture_records:  # noqa: N801  (a context manager read as a phrase)
+    def __init__(self, logger: logging.Logger):
+        self.logger, self.messages = logger, []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.messages.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self.logger.addHandler(self.handler)
+        self.level, self.logger.level = self.logger.level, logging.INFO
+        return self.messages
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.level = self.level
+
+
+@pytest.mark.parametrize(
+    ("url", "command"),
+    [
+        ("sqlite:////abs/sweep/optuna.db", "optuna-dashboard sqlite:////abs/sweep/optuna.db"),
+        ("journal:///abs/sweep/optuna.journal", "optuna-dashboard /abs/sweep/optuna.journal"),
+        ("postgresql://ann:***@db:5432/studies",
+         "optuna-dashboard 'postgresql://ann:***@db:5432/studies'   (*** is the password; "
+         "or export PGPASSWORD and leave out :***)"),
+        ("postgresql://ann@db/studies", "optuna-dashboard postgresql://ann@db/studies"),
+    ],
+)  # fmt: skip
+def test_the_dashboard_command_fits_the_storage(url, command):
+    assert dashboard_command(url) == command
+
+
+@pytest.mark.slow  # optuna-dashboard takes 8-20 s to start here
+@pytest.mark.parametrize("journal", [False, True])
+def test_the_printed_dashboard_command_opens_the_study(journal, tmp_path):
+    """optuna-dashboard itself, started with the printed command, lists the study."""
+    pytest.importorskip("optuna_dashboard")
+    import optuna
+
+    from orchard_app.hpo.storage import default_url, open_storage
+
+    url = default_url(tmp_path / "my sweep", journal=journal)  # a space, as a path may have
+    (tmp_path / "my sweep").mkdir()
+    optuna.create_study(study_name="orchard", storage=open_storage(url)).ask()
+    port = free_port()
+    args = [*shlex.split(dashboard_command(url)), "--port", str(port), "--host", "127.0.0.1"]
+    args[0] = str(Path(sys.executable).with_name("optuna-dashboard"))
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        studies = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, "optuna-dashboard did not answer"
+        assert [s["study_name"] for s in studies] == ["orchard"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

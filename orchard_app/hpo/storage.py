@@ -67,7 +67,7 @@ def dashboard_command(url: str) -> str:
     PostgreSQL: the URL, its password as `***`."""
     target = url[len(JOURNAL) :] if url.startswith(JOURNAL) else url
     command = shlex.join(["optuna-dashboard", target])
-    if masked(url) != url:
+    if ":***@" in url:  # as `masked` shows a password
         command += "   (*** is the password; or export PGPASSWORD and leave out :***)"
     return command
 
