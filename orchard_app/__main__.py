@@ -43,11 +43,17 @@ def _study_trial():
 def main() -> None:
     import sys
 
-    problems = sweep_only(sys.argv[1:])
-    if is_multirun(sys.argv[1:]):
+    args = sys.argv[1:]
+    if is_multirun(args):
         problems = [f"{a}: null is not an option a sweep can take; for no preset, sweep "
                     "experiment=none (e.g. experiment=mini_cnn_flips,none)"
-                    for a in null_group_choices(sys.argv[1:])]  # fmt: skip
+                    for a in null_group_choices(args)]  # fmt: skip
+    else:  # (Hydra ends a group=null in a traceback)
+        problems = sweep_only(args) + [
+            f"{a}: null is not an option; leave {a.split('=')[0]} out for its default"
+            + (", or use none" if (CONF_DIR / a.split("=")[0] / "none.yaml").is_file() else "")
+            for a in null_group_choices(args)
+        ]
     if problems:
         from orchard_app.errors import ConfigError, print_error
 

@@ -321,6 +321,14 @@ def test_a_sweep_argument_without_m_is_refused_before_anything_runs(arg, said, t
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
+@pytest.mark.parametrize(("arg", "said"), [("hpo=null", "leave hpo out for its default\n"),
+                                           ("experiment=null", "or use none\n")])  # fmt: skip
+def test_a_null_group_in_a_single_run_is_one_message(arg, said, tmp_path):
+    result = run_cli(arg, "training.epochs=1", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"  - {arg}: null is not an option; " in result.stderr and said in result.stderr
+
+
 def test_the_config_of_an_hpo_preset_can_still_be_shown_without_m(tmp_path):
     result = run_cli("--cfg", "job", "hpo=quick", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
