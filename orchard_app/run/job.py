@@ -9,6 +9,7 @@ with a summary and a non-zero exit code.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -61,7 +62,8 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
             _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
             print_error(e, advice=_advice(e))
-        record_job(Outcome.INTERRUPTED, error=str(e))
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":  # on SLURM the launcher records the
+            record_job(Outcome.INTERRUPTED, error=str(e))  # end from the job's state (scancel)
         raise SystemExit(exit_code(e)) from None
     except KeyboardInterrupt as e:  # Ctrl-C before the run's own signal handling was in place
         print("\norchard_app: interrupted during start-up; nothing was written.",
