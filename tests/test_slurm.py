@@ -85,8 +85,9 @@ def test_a_time_limit_with_no_requeue_left_is_reported_as_a_timeout(cluster, tmp
                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
                       "hydra.launcher.max_num_timeout=0")  # fmt: skip
     assert done.returncode == 1 and time.monotonic() - started < 240
-    (row,) = jobs(out).values()
+    (row,) = raw_rows(out)  # one row: not `requeued` first
     assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
+    assert "requeued (it resumes" not in done.stderr  # no progress line says it will
     assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
 
 

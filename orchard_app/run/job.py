@@ -56,10 +56,13 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
         drop_if_empty(run_dir)
         if e.requeue:  # SLURM's warning before a time limit or a preemption, under submitit
-            print(f"\norchard_app: {e}; the job is requeued and continues from there.",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            record_job(Outcome.REQUEUED, error=str(e))
-            _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
+            try:  # submitit requeues the job and exits; with no requeue left it raises, and
+                _hand_over_to_submitit()  # the launcher records the timeout (one row, not two)
+            except SystemExit:
+                print(f"\norchard_app: {e}; the job is requeued and continues from there.",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                record_job(Outcome.REQUEUED, error=str(e))
+                raise
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
             print_error(e, advice=_advice(e))
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":  # on SLURM the launcher records the
