@@ -14,9 +14,9 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
     metrics.json           the run's summary: written last, so its presence means "finished"
 
 A sweep dir holds jobs.jsonl (a line per job end), .sweep.lock (one sweep at a time), the
-Optuna study's storage (optuna.db or optuna.journal), study.csv, top_trials.md, best_config.yaml and figures/, the MLflow parent
-run's lock, submitit's .submitit/ job files, and the comparison.md and comparison.csv of
-`python -m orchard_app.compare`.
+Optuna study's storage (optuna.db or optuna.journal), study.csv, top_trials.md,
+best_config.yaml and figures/, the MLflow parent run's lock, submitit's .submitit/ job files,
+and the comparison.md and comparison.csv of `python -m orchard_app.compare`.
 """
 
 from __future__ import annotations

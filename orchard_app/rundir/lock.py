@@ -98,10 +98,10 @@ class SweepLock(RunLock):
         return (
             f"the sweep directory {self.directory} is in use by the sweep of {who} (lock file "
             f"{self.path}); nothing was submitted.\n"
-            f"  Wait for that sweep to finish, or give this one its own directory: "
-            f"hydra.sweep.dir=<new dir> (or leave it at its default, which never collides). "
-            f"Sweeps that share one Optuna study each take their own sweep dir and the same "
-            f"hydra.sweeper.storage."
+            "  Wait for that sweep to finish, or give this one its own directory: "
+            "hydra.sweep.dir=<new dir> (or leave it at its default, which never collides). "
+            "Sweeps that share one Optuna study each take their own sweep dir and the same "
+            "hydra.sweeper.storage."
         )
 
 
