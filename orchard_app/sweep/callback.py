@@ -22,15 +22,17 @@ class SweepSummary(Callback):
     """Around a --multirun, in the launcher process: point an Optuna sweeper the monitor's way
     (direction.py), route launcher warnings through one handler (launcher_logs.py), print a
     line per finished job while it runs and a table at its end (progress.py), and exit 1
-    when a job failed. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
+    when a job failed. The sweep dir is locked (rundir/lock.py) from start to end: one sweep
+    per sweep dir. Hydra pickles callbacks to submitit's jobs: the live parts stay here."""
 
     def __init__(self) -> None:
         self._progress = None
         self._undo_logs = None
+        self._lock = None
         self._refused = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_progress": None, "_undo_logs": None}
+        return {**self.__dict__, "_progress": None, "_undo_logs": None, "_lock": None}
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         from orchard_app.config.monitor import direction_of
@@ -42,6 +44,7 @@ class SweepSummary(Callback):
             follow_monitor(config)  # (first: resolving the sweep dir claims it)
             sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
             _create(sweep_dir, str(config.hydra.sweep.dir))
+            self._lock = _lock(sweep_dir)
         except SystemExit:
             self._refused = True
             raise
@@ -57,6 +60,14 @@ class SweepSummary(Callback):
             self._progress.poll()
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        lock, self._lock = self._lock, None
+        try:
+            self._end(config)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+
+    def _end(self, config) -> None:
         if self._refused:
             return
         from orchard_app.config.monitor import direction_of
@@ -88,6 +99,18 @@ class SweepSummary(Callback):
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)
+
+
+def _lock(sweep_dir: Path):
+    """The sweep dir's lock, or one message naming the sweep that holds it (exit 1)."""
+    from orchard_app.errors import RunLockedError, StorageError, print_error
+    from orchard_app.rundir.lock import SweepLock
+
+    try:
+        return SweepLock(sweep_dir).__enter__()
+    except (RunLockedError, StorageError) as e:
+        print_error(e)
+        raise SystemExit(e.exit_code) from None
 
 
 def _create(sweep_dir: Path, given: str) -> None:
