@@ -119,16 +119,22 @@ def test_mlflow_run_records_config_epochs_results_and_files(tiny_npz, tmp_path, 
     assert params["training.epochs"] == "2" and float(params["optimizer.lr"]) == cfg.optimizer.lr
     assert params["optimizer.betas"] == "[0.9, 0.999]"
     assert params["dataset.augment.hflip"] == "False" and params["dataset.path"] == str(tiny_npz)
-    # per-epoch metrics (step = epoch) and final test metrics
-    history = client(db).get_metric_history(run.info.run_id, "val_accuracy")
+    # per-epoch metrics (step = epoch) and final test metrics, in groups: epoch/, test/, run/
+    history = client(db).get_metric_history(run.info.run_id, "epoch/val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [
         (h["epoch"], pytest.approx(h["val_accuracy"])) for h in metrics["history"]
     ]
     final = run.data.metrics
+    assert final["epoch/train_loss"] == pytest.approx(metrics["history"][-1]["train_loss"])
+    assert final["optimizer/lr"] == pytest.approx(metrics["history"][-1]["lr"])
     for name in ("accuracy", "auc", "macro_f1", "balanced_accuracy"):
-        assert final[f"test_{name}"] == pytest.approx(metrics["test"][name]), name
-    assert final["test_f1/0"] == pytest.approx(metrics["test"]["per_class"]["0"]["f1"])
-    assert final["best_epoch"] == metrics["best_epoch"]
+        assert final[f"test/{name}"] == pytest.approx(metrics["test"][name]), name
+    assert final["test/per_class/f1/0"] == pytest.approx(metrics["test"]["per_class"]["0"]["f1"])
+    assert final["run/best_epoch"] == metrics["best_epoch"]
+    assert final["run/best_val_accuracy"] == pytest.approx(metrics["monitor"]["best_value"])
+    # MLflow's "Model metrics" tab orders its groups by name: the learning curves come first
+    groups = sorted({key.rsplit("/", 1)[0] for key in final})
+    assert groups[0] == "epoch", groups
     # tags and artifacts
     tags = run.data.tags
     assert tags["dataset"] == "npz" and tags["model"] == "mini_cnn"
@@ -137,7 +143,8 @@ def test_mlflow_run_records_config_epochs_results_and_files(tiny_npz, tmp_path, 
     if IN_GIT_CHECKOUT:
         assert tags["git_commit"] == prov["git_commit"]
     files = {a.path for a in client(db).list_artifacts(run.info.run_id)}
-    assert files >= {"report.md", "metrics.json", "provenance.json", "requirements.txt", "logs"}
+    assert files >= {"report.md", "report.html", "metrics.json", "provenance.json",
+                     "requirements.txt", "logs"}  # fmt: skip
     assert artifact_json(run, "provenance.json")["status"] == "completed"  # logged once final
     assert (tmp_path / "mlartifacts").is_dir()  # the artifact store sits beside the DB
 
@@ -154,6 +161,7 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
     assert prov["finished"] is not None
     (run,) = mlflow_runs(db)
     assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.runName"] == "run · failed"  # seen in the runs table
     assert artifact_json(run, "provenance.json")["status"] == "failed"
     # the run dir is released and logging restored
     assert logging.getLogger().handlers == handlers
@@ -176,7 +184,8 @@ def test_sigterm_during_training_records_interrupted_and_mlflow_killed(tiny_npz,
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     (run,) = mlflow_runs(db)
     assert run.info.status == "KILLED"
-    steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "val_loss")]
+    assert run.data.tags["mlflow.runName"] == "run · interrupted"
+    steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "epoch/val_loss")]
     assert steps == [1]
 
 
@@ -287,6 +296,33 @@ def test_params_are_flat_json_for_lists_and_cut_to_mlflow_limits():
     assert flatten({"per_class": {"granulocytes (immature)": 1}}) == {
         "per_class.granulocytes _immature_": "1"
     }  # a key MLflow would reject
+
+
+def test_metric_names_group_in_the_ui_without_characters_mlflow_changes():
+    """BreastMNIST's class `normal, benign` once became the key `test_f1/normal_ benign`."""
+    from orchard_app.outcomes import Outcome
+    from orchard_app.tracking.mlflow_tracker import final_metrics, run_name
+    from orchard_app.tracking.names import epoch_metric
+
+    summary = {
+        "test": {"accuracy": 0.8, "per_class": {"normal, benign": {"f1": 0.9, "support": 12},
+                                                "granulocytes (immature)": {"f1": 0.5}}},
+        "monitor": {"name": "val_auc", "best_value": 0.95},
+        "best_epoch": 3, "epochs_run": 5, "train_seconds": 12.5,
+        "export": {"export/onnx_int8/batch_1_ms": 0.4},
+    }  # fmt: skip
+    assert final_metrics(summary) == {
+        "test/accuracy": 0.8, "test/per_class/f1/normal_benign": 0.9,
+        "test/per_class/support/normal_benign": 12.0,
+        "test/per_class/f1/granulocytes_immature": 0.5, "run/best_val_auc": 0.95,
+        "run/best_epoch": 3.0, "run/epochs_run": 5.0, "time/train_seconds": 12.5,
+        "export/onnx_int8/batch_1_ms": 0.4,
+    }  # fmt: skip
+    assert [epoch_metric(k) for k in ("train_loss", "val_macro_f1", "lr", "seconds")] == [
+        "epoch/train_loss", "epoch/val_macro_f1", "optimizer/lr", "time/epoch_seconds"]  # fmt: skip
+    assert run_name("3_npz_mini_cnn_abc123", Outcome.PRUNED, 2) == (
+        "3_npz_mini_cnn_abc123 · pruned at epoch 2"
+    )
 
 
 # ---------------------------------------------------------------------- provenance
@@ -434,7 +470,7 @@ def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz,
     assert len(runs) == 3 and len(children) == 2
     assert sorted(c.data.params["training.seed"] for c in children) == ["1", "2"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert all("test_accuracy" in c.data.metrics for c in children)
+    assert all("test/accuracy" in c.data.metrics for c in children)
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     assert parent.data.tags["sweep_dir"] == str(sweep.resolve())
     assert "training.seed=1,2" in parent.data.tags["sweep_overrides"]
