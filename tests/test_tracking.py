@@ -221,6 +221,102 @@ def test_sweep_jobs_share_one_parent_that_ends_with_the_last_job(tmp_path, db):
     assert other != parent
 
 
+def study_config(db: Path, cwd: Path, **sweeper):
+    """The launcher's config of `-m hpo=quick optimizer.lr=choice(...) dataset=npz`, as the
+    study sweeper holds it (only the keys the study's page reads)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "tracking": {"name": "mlflow", "uri": f"sqlite:///{db}", "experiment": "orchard_app"},
+        "training": {"monitor": "val_accuracy", "monitor_mode": "auto"},
+        "dataset": {"name": "npz"}, "model": {"name": "mini_cnn"},
+        "hydra": {"runtime": {"cwd": str(cwd), "choices": {"hpo": "quick"}},
+                  "overrides": {"task": ["hpo=quick", "dataset=npz", "optimizer.lr=choice(0.1,0.01)",
+                                         "training.batch_size=32", f"tracking.uri=sqlite:///{db}"]},
+                  "sweeper": {"_target_": "orchard_app.hpo.sweeper.StudySweeper", "n_trials": 4,
+                              "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 42},
+                              "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 2},
+                              "params": {"optimizer.lr": "tag(log, interval(1e-4, 3e-2))",
+                                         "training.batch_size": "choice(32, 64)",
+                                         "model.dropout": "interval(0.0, 0.5)"}, **sweeper}},
+    })  # fmt: skip
+
+
+def test_the_study_parent_run_is_its_page_kept_current_as_trials_end(db, tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from orchard_app.tracking import update_sweep_page
+    from orchard_app.tracking.mlflow_store import connect
+    from orchard_app.tracking.mlflow_sweep import join_sweep
+
+    config, sweep = study_config(db, tmp_path), tmp_path / "study"
+    mlflow, experiment, _ = connect(config.tracking)
+    parent = join_sweep(mlflow, experiment, sweep)  # as the first tracked trial makes it
+    (sweep / "figures").mkdir(parents=True)
+    for name in (
+        "study.csv",
+        "top_trials.md",
+        "best_config.yaml",
+        "figures/optimization_history.png",
+    ):
+        (sweep / name).write_text("x")
+    study = optuna.create_study(study_name="npz_mini_cnn", direction="maximize")
+    lr = {"optimizer.lr": FloatDistribution(1e-4, 1e-1)}
+
+    def trial(state, value=None):
+        study.add_trial(create_trial(state=state, value=value, params={"optimizer.lr": 0.01},
+                                     distributions=lr, intermediate_values={1: 0.5}))  # fmt: skip
+
+    trial(TrialState.COMPLETE, 0.6)
+    trial(TrialState.PRUNED)
+    update_sweep_page(config, sweep, study=study)  # after the first batch
+    trial(TrialState.COMPLETE, 0.8)
+    trial(TrialState.FAIL)
+    trial(TrialState.COMPLETE, 0.7)
+    config.hydra.sweeper.n_trials = 6  # the same command again, continued to 6 trials
+    update_sweep_page(config, sweep, study=study)
+
+    run = mlflow.get_run(parent)
+    assert run.data.tags["mlflow.runName"] == "study npz_mini_cnn · npz · mini_cnn · hpo=quick"
+    params = run.data.params
+    assert params["space.optimizer.lr"] == "choice(0.1,0.01)"  # the command line's search wins
+    assert params["space.model.dropout"] == "interval(0.0, 0.5)"
+    assert "space.training.batch_size" not in params  # fixed on the command line
+    assert params["fixed.training.batch_size"] == "32" and params["fixed.hpo"] == "quick"
+    assert not [k for k in params if "tracking" in k]  # machine settings are not the study
+    assert params["sampler"] == "TPESampler(seed=42)"
+    assert params["pruner"] == "MedianPruner(n_warmup_steps=2)"
+    assert params["direction"] == "maximize" and params["monitor"] == "val_accuracy"
+    assert params["n_trials"] == "4" and run.data.tags["now.n_trials"] == "6"
+    best = mlflow.get_metric_history(parent, "study/best_val_accuracy")
+    assert sorted((m.step, m.value) for m in best) == [
+        (0, 0.6),
+        (1, 0.6),
+        (2, 0.8),
+        (3, 0.8),
+        (4, 0.8),
+    ]  # fmt: skip  (each step once)
+    values = mlflow.get_metric_history(parent, "study/val_accuracy")
+    assert sorted((m.step, m.value) for m in values) == [(0, 0.6), (2, 0.8), (4, 0.7)]
+    metrics = run.data.metrics
+    assert (metrics["study/trials_completed"], metrics["study/trials_pruned"],
+            metrics["study/trials_failed"]) == (3, 1, 1)  # fmt: skip
+    files = {a.path for a in mlflow.list_artifacts(parent)}
+    assert files == {"study.csv", "top_trials.md", "best_config.yaml", "figures"}
+    assert run.info.status == "RUNNING"  # the jobs say how the sweep ended, not the page
+
+
+def test_a_sweep_page_needs_tracking_mlflow_and_never_imports_it_otherwise(tmp_path):
+    code = ("import sys\nfrom omegaconf import OmegaConf\nfrom orchard_app.tracking import "
+            "update_sweep_page\nupdate_sweep_page(OmegaConf.create({'tracking': {'name': 'none'}}),"
+            " '.', jobs=[])\nprint(sorted(m for m in sys.modules if m.startswith('mlflow')))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
 def test_tracking_uri_defaults_to_sqlite_in_the_start_dir_and_rejects_the_file_store(tmp_path):
     from orchard_app.errors import TrackingError
     from orchard_app.tracking.mlflow_store import artifact_location, resolve_uri
