@@ -161,7 +161,7 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
     assert prov["finished"] is not None
     (run,) = mlflow_runs(db)
     assert run.info.status == "FAILED"
-    assert run.data.tags["mlflow.runName"] == "run · failed"  # seen in the runs table
+    assert run.data.tags["mlflow.runName"] == "failed · run"  # seen in the runs table
     assert artifact_json(run, "provenance.json")["status"] == "failed"
     # the run dir is released and logging restored
     assert logging.getLogger().handlers == handlers
@@ -184,7 +184,7 @@ def test_sigterm_during_training_records_interrupted_and_mlflow_killed(tiny_npz,
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     (run,) = mlflow_runs(db)
     assert run.info.status == "KILLED"
-    assert run.data.tags["mlflow.runName"] == "run · interrupted"
+    assert run.data.tags["mlflow.runName"] == "interrupted · run"
     steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "epoch/val_loss")]
     assert steps == [1]
 
@@ -417,7 +417,7 @@ def test_metric_names_group_in_the_ui_without_characters_mlflow_changes():
     assert [epoch_metric(k) for k in ("train_loss", "val_macro_f1", "lr", "seconds")] == [
         "epoch/train_loss", "epoch/val_macro_f1", "optimizer/lr", "time/epoch_seconds"]  # fmt: skip
     assert run_name("3_npz_mini_cnn_abc123", Outcome.PRUNED, 2) == (
-        "3_npz_mini_cnn_abc123 · pruned at epoch 2"
+        "pruned at epoch 2 · 3_npz_mini_cnn_abc123"
     )
 
 

@@ -4,7 +4,7 @@ Logged: params (the flattened resolved config), tags (dataset, model, git commit
 run dir, run id), per-epoch metrics (step = epoch), final test metrics (MLflow names: names.py)
 and the run's files as artifacts. The run ends FINISHED / FAILED / KILLED by the run's outcome
 (outcomes.py; a pruned run is FINISHED), tagged `orchard.outcome` with the exact one, and a run
-that did not complete says how in its name (`... · pruned at epoch 2`). Imported only when
+that did not complete says how in its name (`pruned at epoch 2 · ...`). Imported only when
 tracking=mlflow (mlflow takes seconds to import).
 
 Once the run exists, an MLflow error while logging is a warning, not the end of the training:
@@ -202,11 +202,12 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def run_name(name: str, outcome: Outcome, epoch: int | None = None) -> str:
-    """A run's name once it ended other than completed: `3_npz_mini_cnn_1a2b3c · pruned at
-    epoch 2`, `... · failed`. MLflow's status shows only FINISHED, FAILED or KILLED, and a
-    pruned run is FINISHED (a normal end of a trial, not an interruption)."""
+    """A run's name once it ended other than completed: `pruned at epoch 2 · 3_npz_mini_cnn_1a2b3c`,
+    `failed · ...`; first, so that the runs table's narrow name column still shows it. MLflow's
+    status tells only FINISHED, FAILED or KILLED, and a pruned run is FINISHED (a normal end
+    of a trial, not an interruption)."""
     at = f" at epoch {epoch}" if epoch is not None and outcome == Outcome.PRUNED else ""
-    return f"{name} · {outcome}{at}"
+    return f"{outcome}{at} · {name}"
 
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, float]:

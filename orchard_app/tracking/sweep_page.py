@@ -83,7 +83,8 @@ def grid_page(config, jobs: list[dict[str, Any]], summary: str) -> Page:
 
 def page_name(config, study_name: str | None = None) -> str:
     """`study orchard · breastmnist · mini_cnn · hpo=quick`, `sweep training.seed=1,2 · npz ·
-    mini_cnn`: what the sweep is, with the dataset and model unless they are swept."""
+    mini_cnn`: what the sweep is, with the dataset, model and preset unless they are swept or
+    the study's name already says them (`study breastmnist-mini_cnn-quick`)."""
     swept, _ = _split_overrides(config)
     space = dict(config.hydra.sweeper.get("params") or {})
     searched = set(swept) | set(space)
@@ -92,9 +93,11 @@ def page_name(config, study_name: str | None = None) -> str:
         if not any(k == group or k.startswith(group + ".name") for k in searched):
             parts.append(str(OmegaConf.select(config, f"{group}.name", default="?")))
     if _is_study(config):
-        name = study_name or config.hydra.sweeper.get("study_name") or "orchard"
+        name = study_name or config.hydra.sweeper.get("study_name")
         preset = OmegaConf.select(config, "hydra.runtime.choices.hpo", default=None)
-        return " · ".join([f"study {name}", *parts, *([f"hpo={preset}"] if preset else [])])
+        parts += [f"hpo={preset}"] if preset else []
+        parts = [p for p in parts if not name or p.removeprefix("hpo=") not in name]
+        return " · ".join([f"study {name}" if name else "study", *parts])
     shown = " ".join(f"{k}={v}" for k, v in swept.items()) or "(no swept values)"
     return " · ".join([f"sweep {shown}", *parts])
 
