@@ -567,9 +567,20 @@ def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz,
     assert sorted(c.data.params["training.seed"] for c in children) == ["1", "2"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all("test/accuracy" in c.data.metrics for c in children)
+    from orchard_app.tracking.mlflow_store import local_path
+
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     assert parent.data.tags["sweep_dir"] == str(sweep.resolve())
     assert "training.seed=1,2" in parent.data.tags["sweep_overrides"]
+    # the grid's page: what it is, its swept and fixed values, its progress and summary table
+    assert parent.data.tags["mlflow.runName"] == "sweep training.seed=1,2 · npz · mini_cnn"
+    assert parent.data.params["space.training.seed"] == "1,2"
+    assert parent.data.params["fixed.training.epochs"] == "1"
+    assert parent.data.metrics["sweep/jobs_completed"] == 2
+    best = max(c.data.metrics["run/best_val_accuracy"] for c in children)
+    assert parent.data.metrics["sweep/best_val_accuracy"] == pytest.approx(best)
+    summary = (local_path(parent.info.artifact_uri) / "sweep_summary.txt").read_text()
+    assert summary.startswith(f"sweep {sweep}: 2 job(s): 2 completed")
     for child in children:
         prov = read_json(Path(child.data.tags["run_dir"]) / "provenance.json")
         assert prov["tracking"]["mlflow_parent_run_id"] == parent.info.run_id
