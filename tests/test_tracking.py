@@ -250,6 +250,7 @@ def test_the_study_parent_run_is_its_page_kept_current_as_trials_end(db, tmp_pat
     from orchard_app.tracking import update_sweep_page
     from orchard_app.tracking.mlflow_store import connect
     from orchard_app.tracking.mlflow_sweep import join_sweep
+    from orchard_app.tracking.sweep_page import page_name
 
     config, sweep = study_config(db, tmp_path), tmp_path / "study"
     mlflow, experiment, _ = connect(config.tracking)
@@ -262,7 +263,7 @@ def test_the_study_parent_run_is_its_page_kept_current_as_trials_end(db, tmp_pat
         "figures/optimization_history.png",
     ):
         (sweep / name).write_text("x")
-    study = optuna.create_study(study_name="npz_mini_cnn", direction="maximize")
+    study = optuna.create_study(study_name="lr-search", direction="maximize")
     lr = {"optimizer.lr": FloatDistribution(1e-4, 1e-1)}
 
     def trial(state, value=None):
@@ -279,7 +280,8 @@ def test_the_study_parent_run_is_its_page_kept_current_as_trials_end(db, tmp_pat
     update_sweep_page(config, sweep, study=study)
 
     run = mlflow.get_run(parent)
-    assert run.data.tags["mlflow.runName"] == "study npz_mini_cnn · npz · mini_cnn · hpo=quick"
+    assert run.data.tags["mlflow.runName"] == "study lr-search · npz · mini_cnn · hpo=quick"
+    assert page_name(config, "npz-mini_cnn-quick") == "study npz-mini_cnn-quick"  # says it all
     params = run.data.params
     assert params["space.optimizer.lr"] == "choice(0.1,0.01)"  # the command line's search wins
     assert params["space.model.dropout"] == "interval(0.0, 0.5)"
