@@ -140,7 +140,12 @@ def _call(node) -> str:
     """`MedianPruner(n_startup_trials=3, n_warmup_steps=2)` from a `_target_` config; none."""
     if node is None:
         return "none"
-    data = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+    data = node
+    if OmegaConf.is_config(node):
+        try:  # e.g. a warm-up that follows training.epochs, as the jobs resolve it
+            data = OmegaConf.to_container(node, resolve=True)
+        except Exception:  # (one that only a job can resolve: shown as written)
+            data = OmegaConf.to_container(node, resolve=False)
     if not isinstance(data, dict):
         return str(data)
     name = str(data.get("_target_", "?")).rsplit(".", 1)[-1]
