@@ -1,5 +1,6 @@
 """A study's artifacts in its sweep dir, rewritten after every batch (so they are current
-during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png."""
+during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png; with
+tracking=mlflow, the sweep's parent run shows the same (tracking.update_sweep_page)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from optuna.trial import TrialState
 from orchard_app.atomic import atomic_write
 from orchard_app.rundir import layout
 from orchard_app.sweep.console import spelled
+from orchard_app.tracking import update_sweep_page
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -25,6 +27,12 @@ TOP = 5
 
 
 def write(study: optuna.Study, sweep_dir: Path, config) -> None:
+    """The study's files, then its MLflow page (nothing unless tracking=mlflow)."""
+    write_files(study, sweep_dir, config)
+    update_sweep_page(config, sweep_dir, study=study)
+
+
+def write_files(study: optuna.Study, sweep_dir: Path, config) -> None:
     trials = study.get_trials(deepcopy=False)
     atomic_write(sweep_dir / layout.STUDY_CSV, study_csv(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -9,7 +9,7 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
     checkpoints/           last.pt (every epoch, exact resume) and best.pt (the monitor's best)
     predictions_test.csv   the test split's probabilities
     figures/               training curves, confusion matrix or per-label AUC, ROC, samples
-    report.md              the human-readable report
+    report.md              the human-readable report (report.html: the same, figures embedded)
     exports/               model.onnx, model_int8.onnx, benchmark.json (export.enabled)
     metrics.json           the run's summary: written last, so its presence means "finished"
 
@@ -34,7 +34,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 PREDICTIONS = "predictions_test.csv"
 FIGURES_DIR = "figures"
-REPORT = "report.md"
+REPORT, REPORT_HTML = "report.md", "report.html"
 EXPORTS_DIR = "exports"
 ONNX_FP32, ONNX_INT8, EXPORT_BENCHMARK = "model.onnx", "model_int8.onnx", "benchmark.json"
 METRICS = "metrics.json"

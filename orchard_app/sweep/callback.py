@@ -30,9 +30,11 @@ class SweepSummary(Callback):
         self._undo_logs = None
         self._lock = None
         self._refused = False
+        self._sweep_config = None  # the launcher's config (a job's own differs)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_progress": None, "_undo_logs": None, "_lock": None}
+        return {**self.__dict__, "_progress": None, "_undo_logs": None, "_lock": None,
+                "_sweep_config": None}  # fmt: skip
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         from orchard_app.config.monitor import direction_of
@@ -54,10 +56,12 @@ class SweepSummary(Callback):
         ours = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         self._progress = Progress(sweep_dir, total_jobs(config), noun, str(config.training.monitor),
                                   direction_of(config), held=ours).start()  # fmt: skip
+        self._sweep_config = None if ours else config  # a study's page: hpo/report.py
 
     def on_job_end(self, config, job_return, **kwargs: Any) -> None:
         if self._progress is not None:  # a job of this process: its line comes at once
             self._progress.poll()
+            self._update_page()
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         lock, self._lock = self._lock, None
@@ -92,6 +96,7 @@ class SweepSummary(Callback):
         noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
         text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config),
                             noun)  # fmt: skip
+        self._update_page(jobs, text)
         if hint := mlflow_hint(jobs):
             text += "\n" + hint
         print("\n" + "\n\n".join([text, *closing]), file=sys.stderr, flush=True)
@@ -99,6 +104,23 @@ class SweepSummary(Callback):
         study = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         if outcomes & set(FAILURES) and Outcome.INTERRUPTED not in outcomes and not study:
             raise SystemExit(1)  # (a study's failed trials are data; it ends on max_failure_rate)
+
+    def _update_page(self, jobs=None, text: str | None = None) -> None:
+        """A tracked grid's parent run shows its jobs' progress and summary table."""
+        config = self._sweep_config
+        if config is None or (config.get("tracking") or {}).get("name") != "mlflow":
+            return
+        from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep.progress import summary_text
+        from orchard_app.tracking import update_sweep_page
+
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        jobs = read_jobs(sweep_dir) if jobs is None else jobs
+        if text is None:
+            noun = "trial" if is_optuna(config.hydra.sweeper) else "job"
+            text = summary_text(sweep_dir, jobs, str(config.training.monitor), direction_of(config),
+                                noun)  # fmt: skip
+        update_sweep_page(config, sweep_dir, jobs=jobs, summary=text)
 
 
 def _lock(sweep_dir: Path):
