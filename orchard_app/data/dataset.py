@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchard_app.data import medmnist_info as mi
+from orchard_app.config import medmnist as mi
 from orchard_app.data.arrays import (
     SPLITS,
     check_layout,

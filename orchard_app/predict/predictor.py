@@ -167,7 +167,7 @@ def _names(run_dir: Path, cfg, n: int) -> list[str]:
     if cfg.dataset.label_names and len(cfg.dataset.label_names) == n:
         return [str(x) for x in cfg.dataset.label_names]
     if cfg.dataset.source == "medmnist":
-        from orchard_app.data.medmnist_info import label_names
+        from orchard_app.config.medmnist import label_names
 
         return list(label_names(cfg.dataset.name))
     return [str(i) for i in range(n)]
