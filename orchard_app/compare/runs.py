@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from orchard_app.config.resolvers import experiment_view
+from orchard_app.config.resolvers import hash_container
 from orchard_app.errors import CompareError
 from orchard_app.run.job_record import read_jobs
 from orchard_app.rundir import layout
@@ -148,11 +147,10 @@ def read_run(path: Path) -> Run:
 def seedless_hash(config: dict[str, Any]) -> str:
     """What identifies an experiment across seeds: the recorded config without training.seed
     and without the machine keys (the run's config hash minus the seed)."""
-    view = experiment_view(config)
-    if isinstance(view.get("training"), dict):
-        view["training"].pop("seed", None)
-    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    training = config.get("training")
+    if isinstance(training, dict):
+        config = {**config, "training": {k: v for k, v in training.items() if k != "seed"}}
+    return hash_container(config)
 
 
 def _settings(overrides: list[str]) -> str:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchard_app.errors import OrchardError
+from orchard_app.errors import OrchardError, print_error
 
 PROG = "python -m orchard_app.predict"
 log = logging.getLogger("orchard_app.predict")
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print(run(args))
     except OrchardError as e:
-        print(f"\norchard_app.predict: {e.title}:\n{e}", file=sys.stderr, flush=True)
+        print_error(e, prog="orchard_app.predict")
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         print("\norchard_app.predict: interrupted; no half-written file was kept.",
@@ -46,9 +46,8 @@ def run(args: argparse.Namespace) -> str:
     saliency = _Saliency(out / "saliency", model, args.explain_grid) if args.explain else None
     started = time.perf_counter()
     names, probs = [], []
-    for batch_names, batch in Batches(model.channels, model.side, model.resize, args.batch_size)(
-        inputs
-    ):
+    batches = Batches(model.channels, model.side, model.resize, args.batch_size)
+    for batch_names, batch in batches(inputs):
         p = model(batch, tta=args.tta)
         if saliency:
             saliency.add(batch_names, batch, p, len(names))
