@@ -16,6 +16,7 @@ from orchard_app.config.resolvers import hash_container
 from orchard_app.errors import CompareError
 from orchard_app.run.job_record import read_jobs
 from orchard_app.rundir import layout
+from orchard_app.rundir.provenance import read_provenance
 
 # Overrides that do not tell one experiment from another in a group's label (the dataset has
 # its own column; the seed is what a group averages over; the rest locate things).
@@ -97,10 +98,8 @@ def _unfinished_jobs(top: Path) -> list[str]:
 
 
 def _status(provenance: Path) -> str:
-    try:
-        return str(json.loads(provenance.read_text(encoding="utf-8")).get("status") or "unknown")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
+    record = read_provenance(provenance)
+    return str(record.get("status") or "unknown") if isinstance(record, dict) else "unknown"
 
 
 def _no_runs_message(given: str | Path, path: Path) -> str:
