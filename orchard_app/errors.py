@@ -23,6 +23,11 @@ def first_line(e: BaseException, most: int = 600) -> str:
     return (head[: sentence + 1] if sentence > most // 2 else head.rsplit(" ", 1)[0]) + " …"
 
 
+def cause(e: BaseException, most: int = 600) -> str:
+    """'<error type>: <its first line>', the cause a one-message error quotes."""
+    return f"{type(e).__name__}: {first_line(e, most)}"
+
+
 class OrchardError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
 
