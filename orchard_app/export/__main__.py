@@ -10,10 +10,9 @@ checkpoint has them), so this works offline; writes <run dir>/exports/ and the r
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from orchard_app.errors import OrchardError, print_error
+from orchard_app.errors import command
 from orchard_app.export.trained import resolve_target, trained_config
 from orchard_app.rundir import layout
 
@@ -22,15 +21,8 @@ PROG = "python -m orchard_app.export"
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
+    with command("orchard_app.export"):
         run(args.target, args.overrides, show_cfg=args.cfg)
-    except OrchardError as e:
-        print_error(e, prog="orchard_app.export")
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:
-        print("\norchard_app.export: interrupted; no half-written file was kept.",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise SystemExit(130) from None
 
 
 def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | None:

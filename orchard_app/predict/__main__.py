@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchard_app.errors import OrchardError, print_error
+from orchard_app.errors import command
 
 PROG = "python -m orchard_app.predict"
 log = logging.getLogger("orchard_app.predict")
@@ -20,15 +20,8 @@ log = logging.getLogger("orchard_app.predict")
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+    with command("orchard_app.predict"):
         print(run(args))
-    except OrchardError as e:
-        print_error(e, prog="orchard_app.predict")
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:
-        print("\norchard_app.predict: interrupted; no half-written file was kept.",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise SystemExit(130) from None
 
 
 def run(args: argparse.Namespace) -> str:
