@@ -28,9 +28,8 @@ def run(args: argparse.Namespace) -> str:
     import numpy as np
 
     from orchard_app.predict.inputs import Batches, collect
+    from orchard_app.predict.output import FILE, predicted, summary, write_predictions
     from orchard_app.predict.predictor import load
-    from orchard_app.predict.summary import summary
-    from orchard_app.predict.table import FILE, predicted, write_predictions
 
     inputs = collect(args.inputs)
     model = load(Path(args.model).expanduser(), args.device, explain=args.explain)
