@@ -113,20 +113,14 @@ def _model(r: _Rules) -> None:
     if spec is None:
         r.fail("model.arch", "unknown builder; one of " + ", ".join(sorted(REGISTRY)))
     elif r.get("model.pretrained") and not spec.has_pretrained:
-        r.fail(
-            "model.pretrained",
-            f"{name} has no pretrained weights; set model.pretrained=false",
-        )
+        r.fail("model.pretrained", f"{name} has no pretrained weights; set model.pretrained=false")
     weights = r.get("model.weights")
     if weights is not None and not r.get("model.pretrained"):
         r.fail("model.weights", "is read only with model.pretrained=true; set both or neither")
     elif weights is not None and not Path(str(weights)).expanduser().is_file():
         r.fail("model.weights", "no such file; pass the path of a .pth or .safetensors file")
     if spec is not None and r.get("model.drop_path") and not spec.has_drop_path:
-        r.fail(
-            "model.drop_path",
-            f"{name} has no stochastic depth; set model.drop_path=0",
-        )
+        r.fail("model.drop_path", f"{name} has no stochastic depth; set model.drop_path=0")
     res, allowed = r.get("dataset.resolution"), r.get("model.resolutions")
     if allowed is not None and res not in allowed:
         need = ", ".join(str(a) for a in allowed)
@@ -137,20 +131,14 @@ def _model(r: _Rules) -> None:
 
 
 def _hardware(r: _Rules) -> None:
-    if (
-        r.get("hardware.amp")
-        and r.get("hardware.amp_dtype") == "fp16"
-        and r.get("hardware.device") == "cpu"
-    ):
+    cpu = r.get("hardware.device") == "cpu"
+    if r.get("hardware.amp") and r.get("hardware.amp_dtype") == "fp16" and cpu:
         r.fail(
             "hardware.amp_dtype",
             "fp16 autocast needs CUDA; on CPU use hardware.amp_dtype=bf16 (or auto)",
         )
-    if r.get("hardware.backend") == "nccl" and r.get("hardware.device") == "cpu":
-        r.fail(
-            "hardware.backend",
-            "NCCL needs CUDA; on CPU use hardware.backend=gloo (or auto)",
-        )
+    if r.get("hardware.backend") == "nccl" and cpu:
+        r.fail("hardware.backend", "NCCL needs CUDA; on CPU use hardware.backend=gloo (or auto)")
     if r.get("hardware.distributed"):
         _distributed(r)
 
