@@ -17,8 +17,8 @@ from conftest import ROOT, compose, run_cli, tiny_overrides
 
 from orchard_app.compare import compare, paper, seedless_hash, to_csv, to_markdown, write
 from orchard_app.compare.__main__ import main as compare_main
+from orchard_app.config.medmnist import medmnist_2d_names, medmnist_info, task_of
 from orchard_app.config.validate import validate
-from orchard_app.data.medmnist_info import medmnist_2d_names, medmnist_info, task_of
 from orchard_app.errors import CompareError
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))

@@ -111,6 +111,7 @@ class SweepSummary(Callback):
         if config is None or (config.get("tracking") or {}).get("name") != "mlflow":
             return
         from orchard_app.config.monitor import direction_of
+        from orchard_app.sweep.direction import is_optuna
         from orchard_app.sweep.progress import summary_text
         from orchard_app.tracking import update_sweep_page
 
