@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -23,17 +24,19 @@ from optuna.trial import TrialState
 from orchard_app.hpo import report
 
 log = logging.getLogger("orchard_app.hpo")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 CANCEL_WAIT_S = 60.0  # for cancelled local jobs to write their last.pt and record their end
 
 
 def run(sweeper: Any, study: optuna.Study, space: dict, url: str, fixed_args: list[str]) -> list:
     """Keep n_jobs trials in flight until the study has n_trials (any worker's), or an early
-    stop: then no new trial is asked, and the running ones finish."""
-    launcher, returns = sweeper.launcher, []
+    stop: then no new trial is asked, and the running ones finish. A slot is free as soon as
+    its trial told the study its end (its process may take seconds more to exit)."""
+    launcher, returns, artifacts = sweeper.launcher, [], _Artifacts(sweeper, study)
     in_flight: dict[int, tuple[optuna.Trial, Any]] = {}
-    stopped, waiting_said, ended = None, False, []
-    beat_at = time.monotonic()
+    exiting: dict[int, tuple[optuna.Trial, Any]] = {}  # told the study; the process ends
+    stopped, waiting_said, beat_at = None, False, time.monotonic()
     try:
         while True:
             while stopped is None and len(in_flight) < sweeper.n_jobs and sweeper.room(study) > 0:
@@ -43,21 +46,27 @@ def run(sweeper: Any, study: optuna.Study, space: dict, url: str, fixed_args: li
                 job = launcher.submit(sweeper._overrides(trial, url, fixed_args), trial.number)
                 in_flight[trial.number] = trial, job
                 sweeper._launching = [t for t, _ in in_flight.values()]
-            if ended:  # after the next trials are on their way: the artifacts take seconds
-                report.write(study, sweeper.sweep_dir, sweeper.config)
-            if not in_flight and (stopped or not _others_running(sweeper, study)):
+            if not in_flight and not exiting and (stopped or not _others_running(sweeper, study)):
                 break
-            if not in_flight and not waiting_said:
+            if not in_flight and not exiting and not waiting_said:
                 waiting_said = True
                 log.info("waiting for other workers' trials (a lost one is retried here)")
             time.sleep(launcher.POLL_S)
-            ended = [(n, t, r) for n, (t, job) in in_flight.items() if (r := launcher.poll(job))]
-            for number, trial, ret in ended:
-                del in_flight[number]
-                sweeper._launching = [t for t, _ in in_flight.values()]
-                sweeper._tell(study, trial, ret)
-                returns.append(ret)
+            ended = False
+            for number, (trial, job) in [*in_flight.items(), *exiting.items()]:
+                ret = launcher.poll(job)
+                if ret is None and (number in exiting or _state(study, trial) not in FINISHED):
+                    continue
+                in_flight.pop(number, None)
+                exiting[number] = trial, job
+                if ret is not None:  # the job's own record (a lost job: the launcher's)
+                    del exiting[number]
+                    sweeper._tell(study, trial, ret)
+                    returns.append(ret)
+                ended = True
+            sweeper._launching = [t for t, _ in [*in_flight.values(), *exiting.values()]]
             if ended:
+                artifacts.write()
                 sweeper._check_failures(study)
                 if stopped is None and (stopped := sweeper._stop_early(study)):
                     log.info("study stops early: %s; no new trial is started, %d running "
@@ -68,9 +77,46 @@ def run(sweeper: Any, study: optuna.Study, space: dict, url: str, fixed_args: li
                     study._storage.record_heartbeat(trial._trial_id)  # pinned: optuna 5
                 optuna.storages.fail_stale_trials(study)  # other workers' lost trials too
     except BaseException:
-        _cancel([job for _, job in in_flight.values()])
+        _cancel([job for _, job in [*in_flight.values(), *exiting.values()]])
         raise
+    finally:
+        artifacts.join()
     return returns
+
+
+class _Artifacts:
+    """report.write beside the loop: its figures take seconds, and no slot waits for them.
+    One writer at a time; an end seen while it writes makes it write once more."""
+
+    def __init__(self, sweeper: Any, study: optuna.Study) -> None:
+        self.sweeper, self.study = sweeper, study
+        self.thread: threading.Thread | None = None
+        self.again = False
+
+    def write(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            self.again = True
+            return
+        self.thread = threading.Thread(target=self._write, name="study-artifacts", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        while True:
+            self.again = False
+            try:
+                report.write(self.study, self.sweeper.sweep_dir, self.sweeper.config)
+            except Exception as e:  # the sweeper writes them once more at its end
+                log.debug("study artifacts not written now: %s", e)
+            if not self.again:
+                return
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
+    return study._storage.get_trial(trial._trial_id).state  # pinned: optuna 5
 
 
 def _others_running(sweeper: Any, study: optuna.Study) -> bool:
