@@ -216,17 +216,19 @@ def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobRe
     local = getattr(job, "_process", None) is not None
     where = f"local job (pid {job.job_id})" if local else f"SLURM job {job.job_id}"
     why = f"{where} ended {state}" + (f" ({reason})" if reason else "")
-    return _failed(job, outcome, why + " without a result", sweep_dir, num)
+    lost = state != "CANCELLED"  # killed, out of memory, a node lost: a study may retry it
+    return _failed(job, outcome, why + " without a result", sweep_dir, num, lost=lost)
 
 
-def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int) -> JobReturn:
+def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int,
+            lost: bool = False) -> JobReturn:  # fmt: skip
     from orchard_app.run.job_record import append_row
 
     logs = str(job.paths.stderr)
     log.error("job #%d: %s; log: %s", num, error, logs)
     run_dir = next((str(p) for p in sorted(sweep_dir.glob(f"{num}_*")) if p.is_dir()), None)
     append_row(sweep_dir, {"job": num, "outcome": outcome, "value": None, "error": error,
-                           "run_dir": run_dir, "log": logs})  # fmt: skip
+                           "run_dir": run_dir, "log": logs, **({"lost": True} if lost else {})})  # fmt: skip
     return _nan()
 
 

@@ -170,6 +170,9 @@ class StudySweeper:
                 ) from None
             raise
         report.write(study, self.sweep_dir, self.config)
+        if again := retried(study.get_trials(deepcopy=False)):
+            log.info("lost and retried: %s (study.csv says why)",
+                     ", ".join(f"trial {a} as {b}" for a, b in sorted(again.items())))  # fmt: skip
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
@@ -194,7 +197,7 @@ class StudySweeper:
                 for trial, ret in zip(run, results, strict=True):
                     self._tell(study, trial, ret)
                 returns += results
-            optuna.storages.fail_stale_trials(study)
+            optuna.storages.fail_stale_trials(study)  # lost trials (heartbeats): retried
             report.write(study, self.sweep_dir, self.config)
             self._check_failures(study)
         return returns
@@ -413,8 +416,9 @@ class StudySweeper:
     def _check_failures(self, study: optuna.Study) -> None:
         """Stop once the failures exceed max_failure_rate of n_trials (pruned is no failure)."""
         finished = _done(study)
-        failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                     if not t.user_attrs.get("interrupted"))  # fmt: skip
+        trials = study.get_trials(deepcopy=False)
+        again = retried(trials)
+        failed = sum(1 for t in trials if t.state == TrialState.FAIL and _counts(t, again))
         if failed > self.max_failure_rate * self.n_trials:  # more than the whole study allows
             raise HpoError(
                 f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
