@@ -103,6 +103,10 @@ class StudySweeper:
         except OrchardError as e:
             print_error(e)
             raise SystemExit(e.exit_code) from None
+        except KeyboardInterrupt:  # in the sweeper itself (its jobs run in other processes)
+            print("\norchard_app: study interrupted; its running trials were stopped and their "
+                  "parameters queued again: the same command resumes it.", file=sys.stderr)  # fmt: skip
+            raise SystemExit(130) from None
 
     def _sweep(self, arguments: list[str]) -> list[Any]:
         if self.n_trials < 1:
