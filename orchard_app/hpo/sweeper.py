@@ -37,7 +37,6 @@ from hydra.core.utils import JobStatus
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import (  # pinned: hydra-optuna-sweeper 1.4.0rc3
     OptunaSweeperImpl,
-    create_params_from_overrides,
 )
 from omegaconf import DictConfig
 from optuna.trial import TrialState
@@ -48,6 +47,7 @@ from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, 
 from orchard_app.hpo import report, slots
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
+from orchard_app.hpo.space import search_space, spelled_space
 from orchard_app.hpo.storage import (
     RetryLost,
     absolute_url,
@@ -112,7 +112,7 @@ class StudySweeper:
         if self.n_trials < 1:
             raise ConfigError([f"hydra.sweeper.n_trials={self.n_trials}: a study needs at least "
                                "one trial (n_trials >= 1)"])  # fmt: skip
-        space, fixed, fixed_overrides = _search_space(
+        space, fixed, fixed_overrides = search_space(
             [f"{k}={v}" for k, v in self.params.items()], list(arguments)
         )
         self._grid(space)
@@ -349,8 +349,8 @@ class StudySweeper:
                 old = t.distributions.get(name)
                 if old is not None and old != d:
                     raise HpoError(
-                        f"the study '{self.study_name}' searched {name}={_space(old)}, now "
-                        f"{name}={_space(d)}: a study keeps its search space.\n  Use another "
+                        f"the study '{self.study_name}' searched {name}={spelled_space(old)}, now "
+                        f"{name}={spelled_space(d)}: a study keeps its search space.\n  Use another "
                         "hydra.sweeper.study_name or sweep dir for the new space."
                     )
 
@@ -429,73 +429,6 @@ class StudySweeper:
                 f"{self.max_failure_rate} of {self.n_trials} allows; each failure's error is in "
                 f"{self.sweep_dir / STUDY_CSV}."
             )
-
-
-def _search_space(preset: list[str], given: list[str]):
-    """Hydra's parse of the space, each distribution checked first (Optuna's own refusals are
-    tracebacks); a fixed value on the command line narrows a preset's search over its key, but
-    a fixed value and a search both given there contradict each other."""
-    problems = []
-    for arg in preset + given:
-        try:
-            space, _, _ = create_params_from_overrides([arg])
-        except ValueError as e:
-            problems.append(f"invalid search space: {_spelled(arg)}: {_reason(e)}")
-            continue
-        for d in space.values():
-            if any(isinstance(b, float) and not math.isfinite(b) for b in vars(d).values()):
-                problems.append(f"invalid search space: {_spelled(arg)}: a bound is not finite")
-    if problems:
-        raise ConfigError(problems)
-    searched, fixed = {}, {}
-    for arg in given:
-        space, value, _ = create_params_from_overrides([arg])
-        searched.update({k: arg for k in space}), fixed.update({k: arg for k in value})
-    if both := sorted(set(searched) & set(fixed)):
-        raise ConfigError([f"{fixed[k]} and {searched[k]} both given: keep the fixed value or "
-                           "the search, not both" for k in both])  # fmt: skip
-    space, fixed, fixed_overrides = create_params_from_overrides(preset + given)
-    for name in fixed:
-        space.pop(name, None)
-    return space, fixed, fixed_overrides
-
-
-def _spelled(arg: str) -> str:
-    """`optimizer.lr=interval(0.1, 0.0001)`, as Hydra reads the override."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        o = OverridesParser.create().parse_override(arg)
-    except Exception:
-        return arg
-    v = o.value()
-    if hasattr(v, "end"):  # IntervalSweep
-        text = f"interval({v.start}, {v.end})"
-    elif hasattr(v, "stop"):  # RangeSweep
-        text = f"range({v.start}, {v.stop}, {v.step})"
-    else:
-        return arg
-    return f"{o.get_key_element()}={f'tag(log, {text})' if 'log' in v.tags else text}"
-
-
-def _reason(e: ValueError) -> str:
-    text = first_line(e)
-    if "low <= high" in text:
-        return "low > high"
-    if "low > 0" in text:
-        return "a log scale needs low > 0"
-    return "the step is 0" if "nonzero step" in text else text
-
-
-def _space(d: Any) -> str:
-    """A distribution as the override that asks for it: choice(16, 32), interval(0.1, 1.0)."""
-    if isinstance(d, optuna.distributions.CategoricalDistribution):
-        return f"choice({', '.join(map(str, d.choices))})"
-    if d.step not in (None, 1) or isinstance(d, optuna.distributions.IntDistribution):
-        text = f"range({d.low}, {d.high}, {d.step})"
-    else:
-        text = f"interval({d.low}, {d.high})"
-    return f"tag(log, {text})" if d.log else text
 
 
 def _done(study: optuna.Study) -> int:
