@@ -133,3 +133,22 @@ def _reported(url: str) -> bool:
         return any(t.intermediate_values for t in trials(url))
     except Exception:
         return False
+
+
+def _create(url: str) -> int:
+    import optuna
+
+    from orchard_app.hpo.storage import open_storage
+
+    study = optuna.create_study(study_name="s", storage=open_storage(url), load_if_exists=True)
+    return study._study_id
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_sweeps_creating_one_sqlite_study_at_the_same_instant_share_it(tmp_path, attempt):
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        ids = pool.map(_create, [url] * 4)  # an IntegrityError on alembic_version before
+    assert len(set(ids)) == 1

@@ -83,20 +83,22 @@ def open_storage(url: str, heartbeat: int | None = None, grace: int | None = Non
     if heartbeat:
         beats = {"heartbeat_interval": int(heartbeat), "grace_period": grace and int(grace),
                  "heartbeat_stale_trial_callback": RetryLost(retries)}  # fmt: skip
-    if not url.startswith("sqlite:///"):
-        return RDBStorage(url, **beats)
-    Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    from sqlalchemy.exc import IntegrityError
+    kwargs: dict = dict(beats)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        # jobs write at once: wait for SQLite's lock instead of failing
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    for attempt in range(5):  # two sweeps creating one SQLite file race on its version table
-        try:  # jobs of one batch write at once: wait for SQLite's lock instead of failing
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beats)
-        except IntegrityError:
-            if attempt == 4:
+    for attempt in range(5):  # two sweeps creating one storage at once race on its tables
+        try:
+            return RDBStorage(url, **kwargs)
+        except (IntegrityError, ProgrammingError) as e:
+            if attempt == 4 or "already exists" not in str(e) and isinstance(e, ProgrammingError):
                 raise
             import time
 
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(0.3 * (attempt + 1))
     raise AssertionError  # (unreachable)
 
 
