@@ -3,7 +3,9 @@ workers on one study, and lost trials noticed by their heartbeats and retried.""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -152,3 +154,77 @@ def test_sweeps_creating_one_sqlite_study_at_the_same_instant_share_it(tmp_path,
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         ids = pool.map(_create, [url] * 4)  # an IntegrityError on alembic_version before
     assert len(set(ids)) == 1
+
+
+@pytest.fixture
+def postgres_server():
+    """A throw-away PostgreSQL server that the test can stop and start again: (url, pg_ctl)."""
+    import shutil
+    import tempfile
+
+    from test_hpo import _free_port
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg[binary] is a dev dependency (make install)")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="orchard-pg-", dir="/tmp"))
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        done = subprocess.run([*as_user, str(bins[-1].parent / args[0]), *args[1:]],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def ctl(action: str) -> None:
+        extra = (
+            ["-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1"]
+            if action == "start"
+            else []
+        )
+        pg("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-m", "fast", "-w", action,
+           *extra)  # fmt: skip
+
+    pg("initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
+    ctl("start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
+    finally:
+        with contextlib.suppress(AssertionError):
+            ctl("stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_storage_that_stops_mid_study_is_one_message_and_the_same_command_resumes(
+    tmp_path, postgres_server
+):
+    url, ctl = postgres_server
+    npz = make_npz(tmp_path / "d.npz", counts=(960, 32, 32))
+    sweep = tmp_path / "sweep"
+    args = study_args(npz, sweep, f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=2",
+                      "training.epochs=6", "hydra.sweeper.pruner=null")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for line in proc.stderr:
+        if " 2/6  loss" in line:  # the first trial is training: the server stops
+            ctl("stop")
+            break
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.count("stopped answering") == 2  # the job's line, and the sweep's message
+    assert "the study storage postgresql://postgres@127.0.0.1" in err
+    (row,) = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert row["outcome"] == "completed"  # the trained job kept its own outcome
+    first_value = row["value"]
+
+    ctl("start")
+    args[args.index("training.epochs=6")] = "training.epochs=1"
+    ok(run_cli(*args, cwd=tmp_path, timeout=600))
+    done = trials(url)
+    assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
+    assert done[0].value == pytest.approx(first_value)  # told from its jobs.jsonl row

@@ -139,8 +139,8 @@ class StudySweeper:
         self._check_space(study, space)
         self._check_monitor(study)
         progress.release()
+        stale = self._fail_stale(study)  # (first: a job's own record beats a heartbeat's)
         optuna.storages.fail_stale_trials(study)  # no heartbeat for grace_period: FAIL, retried
-        stale = self._fail_stale(study)
         log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, masked(url),
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
@@ -373,7 +373,7 @@ class StudySweeper:
         ended = {r["job"]: r for r in read_jobs(self.sweep_dir)}
         for t in stale:  # pinned: optuna 5
             row = ended.get(t.number) or {}
-            if row.get("run_dir") and row["run_dir"] == t.user_attrs.get("job_dir"):
+            if row.get("run_dir") and _same(row["run_dir"], t.user_attrs.get("job_dir")):
                 if row["outcome"] == Outcome.COMPLETED and _finite(row.get("value")):
                     study.tell(t.number, float(row["value"]), skip_if_finished=True)
                     continue
@@ -445,6 +445,10 @@ def _counts(trial: Any, retried: dict[int, int]) -> bool:
         return True
     attrs = trial.user_attrs
     return not (attrs.get("interrupted") or attrs.get("surplus") or trial.number in retried)
+
+
+def _same(a: str, b: str | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def _alive(worker: str | None) -> bool:
