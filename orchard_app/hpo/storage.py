@@ -88,13 +88,14 @@ def open_storage(url: str, heartbeat: int | None = None, grace: int | None = Non
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         # jobs write at once: wait for SQLite's lock instead of failing
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import DBAPIError, IntegrityError
 
     for attempt in range(5):  # two sweeps creating one storage at once race on its tables
         try:
             return RDBStorage(url, **kwargs)
-        except (IntegrityError, ProgrammingError) as e:
-            if attempt == 4 or "already exists" not in str(e) and isinstance(e, ProgrammingError):
+        except DBAPIError as e:  # "table ... already exists", a duplicate alembic_version row
+            raced = isinstance(e, IntegrityError) or "already exists" in str(e)
+            if attempt == 4 or not raced:
                 raise
             import time
 
