@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -135,11 +136,14 @@ def beats(study: optuna.Study) -> bool:
 
 
 def _cancel(jobs: list[Any]) -> None:
-    """Ctrl-C or an error: the jobs in flight are stopped (a local job gets SIGINT and saves its
-    last.pt; a SLURM job is scancelled), so that nothing keeps running after the sweep."""
+    """Ctrl-C or an error: the jobs in flight are stopped (a local job gets SIGTERM and saves
+    its last.pt; a SLURM job is scancelled), so that nothing keeps running after the sweep."""
     for job in jobs:
         with contextlib.suppress(Exception):
-            job.cancel(check=False)
+            if getattr(job, "_process", None) is not None:  # submitit's local controller
+                job._process.send_signal(signal.SIGTERM)  # forwards it, quietly (SIGINT: a trace)
+            else:
+                job.cancel(check=False)
     deadline = time.monotonic() + CANCEL_WAIT_S
     for job in jobs:
         process = getattr(job, "_process", None)  # a local job: wait for its end

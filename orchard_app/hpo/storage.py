@@ -10,10 +10,16 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from orchard_app.errors import HpoError
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchard_app.errors import HpoError, first_line
 from orchard_app.rundir.layout import OPTUNA_DB, OPTUNA_JOURNAL
 
 JOURNAL = "journal://"
+# A database or a journal file that went away (Optuna re-raises a database's error as its own
+# StorageInternalError, whose message blames "invalid data in the commit": its cause says why).
+STORAGE_ERRORS = (SQLAlchemyError, StorageInternalError, OSError)
 # Optuna's heartbeats warn at every use (experimental; "supposed to be used with optimize"):
 # the sweeper and its jobs use them on purpose.
 warnings.filterwarnings(
@@ -141,3 +147,10 @@ def advice(url: str) -> str:
         return ("SQLite suits one machine; for several nodes or workers use PostgreSQL (SQLite's "
                 f"locks are unreliable on network filesystems). Watch it: optuna-dashboard {url}")  # fmt: skip
     return f"a database server: any number of nodes and workers. Watch it: optuna-dashboard {url}"
+
+
+def why_storage_failed(e: BaseException) -> str:
+    """The real reason a storage call failed, in one line (the cause Optuna wrapped)."""
+    cause = e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ else e
+    text = " ".join(first_line(cause).split())
+    return f"{type(cause).__name__}: {text[:300]}"

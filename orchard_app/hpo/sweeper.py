@@ -49,6 +49,7 @@ from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.space import search_space, spelled_space
 from orchard_app.hpo.storage import (
+    STORAGE_ERRORS,
     RetryLost,
     absolute_url,
     advice,
@@ -56,6 +57,7 @@ from orchard_app.hpo.storage import (
     masked,
     open_storage,
     retried,
+    why_storage_failed,
     without_password,
 )
 from orchard_app.outcomes import Outcome
@@ -66,7 +68,6 @@ from orchard_app.sweep import progress
 log = logging.getLogger("orchard_app.hpo")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-STORAGE_ERRORS = (SQLAlchemyError, OSError)  # a database or a journal file that went away
 
 
 class StudySweeper:
@@ -167,8 +168,8 @@ class StudySweeper:
                 report.write(study, self.sweep_dir, self.config)
             if isinstance(e, STORAGE_ERRORS):
                 raise HpoError(
-                    f"the study storage {shown} stopped answering ({type(e).__name__}: "
-                    f"{first_line(e)[:300]}).\n  The jobs keep their outcomes in their run dirs "
+                    f"the study storage {shown} stopped answering ({why_storage_failed(e)})."
+                    "\n  The jobs keep their outcomes in their run dirs "
                     f"and {self.sweep_dir / 'jobs.jsonl'}; run the same command once the storage "
                     "is back: the study resumes from there."
                 ) from None

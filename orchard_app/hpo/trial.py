@@ -18,15 +18,13 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.errors import RunPruned
 from orchard_app.hpo.contract import ENV_HEARTBEAT, ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 from orchard_app.hpo.pruners import make_pruner
-from orchard_app.hpo.storage import open_storage
+from orchard_app.hpo.storage import STORAGE_ERRORS, open_storage, why_storage_failed
 from orchard_app.outcomes import Outcome
 
-STORAGE_ERRORS = (SQLAlchemyError, OSError)  # a database or a journal file that went away
 STATE = {Outcome.COMPLETED: TrialState.COMPLETE, Outcome.PRUNED: TrialState.PRUNED}  # else FAIL
 
 
@@ -63,11 +61,10 @@ class JobTrial:
     def _lost_storage(self, e: BaseException) -> None:
         if not self._silent:
             self._silent = True
-            from orchard_app.errors import first_line
             from orchard_app.hpo.storage import masked
 
             print(f"\norchard_app: the study storage {masked(self.url)} stopped answering "
-                  f"({type(e).__name__}: {first_line(e)[:200]}); this job trains on unpruned and "
+                  f"({why_storage_failed(e)}); this job goes on without pruning and "
                   "keeps its outcome in its run dir and jobs.jsonl.", file=sys.stderr, flush=True)  # fmt: skip
 
     @classmethod
