@@ -229,3 +229,16 @@ def test_a_storage_that_stops_mid_study_is_one_message_and_the_same_command_resu
     done = trials(url)
     assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
     assert done[0].value == pytest.approx(first_value)  # told from its jobs.jsonl row
+
+
+def test_a_resumed_study_and_a_second_sweep_on_it_draw_new_values(tmp_path):
+    """The seeded sampler restarts in each process: without its own seed per ask, a resumed
+    study still in its random start-up (or a second worker) drew trial #0's values again."""
+    npz = make_npz(tmp_path / "d.npz")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    for sweep, n in (("a", 1), ("a", 2), ("b", 3)):
+        ok(run_cli(*study_args(npz, tmp_path / sweep, f"hydra.sweeper.storage={url}",
+                               f"hydra.sweeper.n_trials={n}", "training.epochs=1"), cwd=tmp_path))  # fmt: skip
+    done = trials(url)
+    assert [t.state.name for t in done] == ["COMPLETE"] * 3
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 3
