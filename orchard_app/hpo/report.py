@@ -1,4 +1,4 @@
-"""A study's artifacts in its sweep dir, rewritten after every batch (so they are current
+"""A study's artifacts in its sweep dir, rewritten as trials end (so they are current
 during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png."""
 
 from __future__ import annotations
