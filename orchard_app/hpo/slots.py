@@ -78,7 +78,7 @@ def run(sweeper: Any, study: optuna.Study, space: dict, url: str, fixed_args: li
                     study._storage.record_heartbeat(trial._trial_id)  # pinned: optuna 5
                 optuna.storages.fail_stale_trials(study)  # other workers' lost trials too
     except BaseException:
-        _cancel([job for _, job in [*in_flight.values(), *exiting.values()]])
+        _cancel([job for _, job in in_flight.values()])  # (exiting ones are ending anyway)
         raise
     finally:
         artifacts.join()
