@@ -242,3 +242,25 @@ def test_a_resumed_study_and_a_second_sweep_on_it_draw_new_values(tmp_path):
     done = trials(url)
     assert [t.state.name for t in done] == ["COMPLETE"] * 3
     assert len({tuple(sorted(t.params.items())) for t in done}) == 3
+
+
+def test_a_killed_job_of_a_journal_study_is_noticed_by_the_launcher_and_retried(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(480, 32, 32))
+    sweep = tmp_path / "sweep"
+    args = study_args(npz, sweep, "hydra/launcher=local", "hydra.launcher.timeout_min=10",
+                      f"hydra.sweeper.storage=journal:///{tmp_path / 'study.journal'}",
+                      "hydra.sweeper.n_trials=2", "training.epochs=6")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(sweep.glob("0_*/checkpoints/last.pt")):
+        time.sleep(0.5)
+    (run,) = sweep.glob("0_*")
+    os.kill(json.loads((run / "provenance.json").read_text())["pid"], signal.SIGKILL)
+    err = proc.communicate(timeout=900)[1]
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "lost and retried: trial 0 as 1" in err
+    table = {r["number"]: r for r in rows(sweep)}
+    assert table["0"]["state"] == "FAIL" and "killed by SIGKILL" in table["0"]["error"]
+    assert table["0"]["retried_as"] == "1" and table["1"]["retry_of"] == "0"
+    assert [r["state"] for r in table.values()] == ["FAIL", "COMPLETE", "COMPLETE"]
