@@ -187,7 +187,7 @@ def _job_state(job: Any) -> tuple[str, str]:
         import signal
 
         return "FAILED", f"killed by {signal.Signals(-code).name}"
-    return "FAILED", f"its task died; exit code {code}"  # (asked only when there is no result)
+    return "FAILED", ""  # (asked only when there is no result: its task died)
 
 
 def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
