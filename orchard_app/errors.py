@@ -96,6 +96,10 @@ class RunLockedError(OrchardError):
     title = "run directory busy"
 
 
+class SweepLockedError(RunLockedError):
+    title = "sweep directory busy"
+
+
 class RunDirError(OrchardError):
     """The run directory cannot be used: another run's record, or not writable."""
 

@@ -328,6 +328,7 @@ def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(failing_sweep
     assert "(no run dir: the job never started)" in summary
     jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
     assert [j["outcome"] for j in sorted(jobs, key=lambda j: j["job"])] == ["completed", "failed"]
+    assert not (sweep / ".sweep.lock.json").exists()  # the sweep dir's lock was released
 
 
 def test_the_resume_log_line_reads_well(tiny_npz, tmp_path):

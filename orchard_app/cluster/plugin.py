@@ -211,13 +211,17 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
 
 
 def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
+    """A job SLURM ended without a result. A cancelled one is the job's only row (the job
+    records no `interrupted` of its own on SLURM), said once: not on the log as well."""
+    if state == "CANCELLED":  # (its Reason is None)
+        why = f"SLURM job {job.job_id} was cancelled (scancel)"
+        return _failed(job, Outcome.CANCELLED, why, sweep_dir, num)
     outcome = Outcome.TIMEOUT if state == "TIMEOUT" else Outcome.FAILED
-    reason = reason or ("cancelled by scancel" if state == "CANCELLED" else "")  # (Reason=None)
     local = getattr(job, "_process", None) is not None
     where = f"local job (pid {job.job_id})" if local else f"SLURM job {job.job_id}"
     why = f"{where} ended {state}" + (f" ({reason})" if reason else "")
-    lost = state != "CANCELLED"  # killed, out of memory, a node lost: a study may retry it
-    return _failed(job, outcome, why + " without a result", sweep_dir, num, lost=lost)
+    # killed, out of memory, a node lost: a study retries it (hydra.sweeper.max_retry)
+    return _failed(job, outcome, why + " without a result", sweep_dir, num, lost=True)
 
 
 def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int,
@@ -225,7 +229,8 @@ def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int,
     from orchard_app.run.job_record import append_row
 
     logs = str(job.paths.stderr)
-    log.error("job #%d: %s; log: %s", num, error, logs)
+    if outcome != Outcome.CANCELLED:
+        log.error("job #%d: %s; log: %s", num, error, logs)
     run_dir = next((str(p) for p in sorted(sweep_dir.glob(f"{num}_*")) if p.is_dir()), None)
     append_row(sweep_dir, {"job": num, "outcome": outcome, "value": None, "error": error,
                            "run_dir": run_dir, "log": logs, **({"lost": True} if lost else {})})  # fmt: skip

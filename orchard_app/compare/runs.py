@@ -13,15 +13,17 @@ from typing import Any
 
 import yaml
 
-from orchard_app.config.resolvers import experiment_view
+from orchard_app.config.resolvers import MACHINE_KEYS, experiment_view
 from orchard_app.errors import CompareError
 from orchard_app.run.job_record import read_jobs
 from orchard_app.rundir import layout
 
-# Overrides that do not tell one experiment from another in a group's label (the dataset has
-# its own column; the seed is what a group averages over; the rest locate things).
-UNLABELLED = ("training.seed", "dataset", "dataset.root", "dataset.cache_dir", "dataset.download",
-              "dataset.mirror", "training.resume", "experiment", "hydra.")  # fmt: skip
+# Overrides that do not tell one experiment from another in a group's label: the dataset has
+# its own column, the seed is what a group averages over, the preset has its own name, and the
+# keys the config hash leaves out (MACHINE_KEYS: paths, tracking, resume, hpo, export) with
+# their subkeys, as the group's key leaves them out too; Hydra's own settings likewise.
+UNLABELLED = ("training.seed", "dataset", "experiment")  # these keys exactly
+UNLABELLED_TREES = (*MACHINE_KEYS, "hydra")  # these keys and everything under them
 
 
 @dataclass
@@ -159,7 +161,8 @@ def _settings(overrides: list[str]) -> str:
     kept = []
     for o in overrides:
         key = str(o).split("=", 1)[0].lstrip("+~")
-        if not any(key == u or (u.endswith(".") and key.startswith(u)) for u in UNLABELLED):
+        tree = any(key == t or key.startswith(t + ".") for t in UNLABELLED_TREES)
+        if not tree and key not in UNLABELLED:
             kept.append(str(o))
     return " ".join(sorted(kept))
 

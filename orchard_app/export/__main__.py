@@ -115,7 +115,12 @@ def _track(run_dir: Path, bench: dict) -> None:
     from orchard_app.export.pipeline import summary_metrics
     from orchard_app.tracking.mlflow_tracker import EXPORT_ARTIFACTS, add_to_run
 
-    add_to_run(tracking, run_dir, [*EXPORT_ARTIFACTS, layout.REPORT], summary_metrics(bench))
+    add_to_run(
+        tracking,
+        run_dir,
+        [*EXPORT_ARTIFACTS, layout.REPORT, layout.REPORT_HTML],
+        summary_metrics(bench),
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -197,15 +197,18 @@ def write_benchmark(job: ExportJob, bench: dict[str, Any], report: Path | None) 
 
 
 def summary_metrics(bench: dict[str, Any]) -> dict[str, float]:
-    """Flat numbers of an export for a tracker: export_<model>_<metric>, latency included."""
+    """The numbers of an export for a tracker, by their MLflow names: export/<model>/<metric>,
+    latency included, and export/max_deviation."""
+    from orchard_app.tracking.names import export_metric
+
     out = {}
     for key, model in bench["models"].items():
         for metric in ("accuracy", "auc"):
             if isinstance(model["test"].get(metric), float):
-                out[f"export_{key}_{metric}"] = model["test"][metric]
+                out[export_metric(key, metric)] = model["test"][metric]
         for name, ms in model.get("latency_ms", {}).items():
-            out[f"export_{key}_{name}"] = ms
-    out["export_max_deviation"] = bench["deviation"]["max"]
+            out[export_metric(key, name)] = ms
+    out["export/max_deviation"] = bench["deviation"]["max"]
     return out
 
 

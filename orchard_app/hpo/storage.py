@@ -7,6 +7,7 @@ shared (NFS) filesystem where SQLite's locking does not.
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def without_password(url: str) -> tuple[str, str | None]:
     from urllib.parse import unquote
 
     return f"{head}://{user}@{host}", unquote(password)
+
+
+def dashboard_command(url: str) -> str:
+    """The optuna-dashboard command that opens this storage (`url` as shown: `masked`).
+    SQLite: the URL as it is, `sqlite:////abs/path` (three slashes, then the absolute path);
+    a journal: its file's path (optuna-dashboard reads a file given as a path as a journal);
+    PostgreSQL: the URL, its password as `***`."""
+    target = url[len(JOURNAL) :] if url.startswith(JOURNAL) else url
+    command = shlex.join(["optuna-dashboard", target])
+    if ":***@" in url:  # as `masked` shows a password
+        command += "   (*** is the password; or export PGPASSWORD and leave out :***)"
+    return command
 
 
 def open_storage(url: str, heartbeat: int | None = None, grace: int | None = None,
@@ -138,15 +151,14 @@ class RetryLost:
 
 def advice(url: str) -> str:
     """What this storage suits, and how to watch the study live (the start-up line)."""
+    watch = f"Watch it live: {dashboard_command(url)}"
     if url.startswith(JOURNAL):
-        path = url[len(JOURNAL) :]
         return ("a journal file suits one machine (or one node writing at a time); for several "
-                "nodes or workers use PostgreSQL: a journal shared over NFS may race. Watch it: "
-                f"optuna-dashboard {path}")  # fmt: skip
+                f"nodes or workers use PostgreSQL: a journal shared over NFS may race. {watch}")  # fmt: skip
     if url.startswith("sqlite:"):
         return ("SQLite suits one machine; for several nodes or workers use PostgreSQL (SQLite's "
-                f"locks are unreliable on network filesystems). Watch it: optuna-dashboard {url}")  # fmt: skip
-    return f"a database server: any number of nodes and workers. Watch it: optuna-dashboard {url}"
+                f"locks are unreliable on network filesystems). {watch}")  # fmt: skip
+    return f"a database server: any number of nodes and workers. {watch}"
 
 
 def why_storage_failed(e: BaseException) -> str:

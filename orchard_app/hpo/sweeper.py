@@ -53,6 +53,7 @@ from orchard_app.hpo.storage import (
     RetryLost,
     absolute_url,
     advice,
+    dashboard_command,
     default_url,
     masked,
     open_storage,
@@ -178,11 +179,14 @@ class StudySweeper:
         if again := retried(study.get_trials(deepcopy=False)):
             log.info("lost and retried: %s (study.csv says why)",
                      ", ".join(f"trial {a} as {b}" for a, b in sorted(again.items())))  # fmt: skip
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            best = study.best_trial
-            log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
-                     best.value, best.params)  # fmt: skip
+        self._closing(study, shown)
         return returns
+
+    def _closing(self, study: optuna.Study, shown_url: str) -> None:
+        """The sweep's last lines, after its table: the best trial, the study's files, the
+        command that re-runs the best trial, the dashboard command for this storage."""
+        progress.close_with(report.closing(study, self.sweep_dir, self._monitor(),
+                                           dashboard_command(shown_url)))  # fmt: skip
 
     def _batches(self, study: optuna.Study, space: dict, url: str, fixed_args: list[str]) -> list:
         """n_jobs trials at a time, each batch waited for (`asynchronous=false`, and the basic

@@ -91,7 +91,7 @@ class JobTrial:
             self._lost_storage(e)
             return
         if prune:
-            raise TrialPruned(f"trial {self.number} pruned at epoch {epoch} "
+            raise TrialPruned(f"trial #{self.number} pruned at epoch {epoch} "
                               f"({engine.monitor} {value:.4f})", epoch)  # fmt: skip
 
     def started(self, run_dir: str) -> None:

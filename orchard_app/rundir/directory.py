@@ -78,6 +78,13 @@ class RunDirectory:
         if (self.path / layout.LOCK).exists():  # a live run: name its holder, not a resume
             with RunLock(self.path):
                 pass
+        if (sweep := layout.sweep_dir_of_job()) is not None:  # one line: the table shows one
+            raise RunDirError(
+                f"{self.path} already holds this job's run (status {previous.get('status')}) "
+                f"from an earlier sweep in {sweep}; continue the sweep with the same command "
+                "plus training.resume=auto (completed jobs keep their results, the others "
+                "continue from last.pt), or give it a new hydra.sweep.dir"
+            )
         raise RunDirError(
             f"{self.path} already holds a run (status {previous.get('status')}, started "
             f"{previous.get('started')}); a new run would overwrite its record.\n"
