@@ -65,6 +65,8 @@ def test_presets_compose_with_their_search_spaces():
     assert set(quick.params) == {"optimizer.lr", "optimizer.weight_decay", "training.batch_size",
                                  "model.dropout"}  # fmt: skip
     assert quick.pruner._target_ == "optuna.pruners.MedianPruner" and quick.sampler.seed == 42
+    assert quick.asynchronous is True and quick.max_retry == 1  # typed keys of the sweeper
+    assert sweeper_config("hpo=quick", "hydra.sweeper.asynchronous=false").asynchronous is False
     full = sweeper_config("hpo=full")
     assert len(full.params) == 12 and "optimizer.momentum" in full.params
 

@@ -262,3 +262,47 @@ def test_a_two_task_job_trains_with_ddp_and_matches_one_process(cluster, tmp_pat
     assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
     for ha, hb in zip(a["history"], b["history"], strict=True):
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
+
+
+def test_a_study_keeps_both_slots_busy_with_one_job_per_trial_and_a_requeued_trial_resumes(
+    cluster, tmp_path
+):
+    """n_jobs=2: a trial starts when one ends, each trial its own SLURM job; the long trial is
+    warned by SIGUSR2 once it saved an epoch, requeued, and finishes in its own run dir."""
+    import optuna
+
+    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
+    proc, out = _background_sweep(
+        tmp_path, "hydra/sweeper=orchard_optuna", "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_jobs=2", "training.epochs=choice(1,12)", "model.dropout=choice(0.0,0.1)",
+        *[a for a in tiny_overrides(npz) if a != "training.epochs=1"], "hydra.sweeper.pruner=null",
+    )  # fmt: skip
+    try:
+        deadline, run = time.monotonic() + 400, None
+        while run is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            for last in out.glob("*/checkpoints/last.pt"):
+                overrides = (last.parent.parent / ".hydra" / "overrides.yaml").read_text()
+                if "training.epochs=12" in overrides:
+                    run = last.parent.parent
+            time.sleep(1)
+        assert run is not None, "no 12-epoch trial saved an epoch"
+        job_id = read_json(run / "provenance.json")["env"]["SLURM_JOB_ID"]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    from orchard_app.hpo.storage import open_storage
+
+    journal = open_storage(f"journal:///{out / 'optuna.journal'}")
+    trials = optuna.load_study(study_name="orchard", storage=journal).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    longer = max(trials[:2], key=lambda t: t.datetime_complete)
+    assert trials[2].datetime_start < longer.datetime_complete  # no batch barrier
+    ids = {read_json(Path(t.user_attrs["job_dir"]) / "provenance.json")["env"]["SLURM_JOB_ID"]
+           for t in trials}  # fmt: skip
+    assert len(ids) == 4  # one job per trial, not an array
+    attempts = [a["outcome"] for a in read_json(run / "provenance.json")["attempts"]]
+    assert attempts[0] == "requeued" and attempts[-1] == "completed", attempts
+    assert read_json(run / "metrics.json")["resumed_from"].endswith("last.pt")

@@ -5,6 +5,8 @@
   stops early and writes the study's artifacts;
 - `trial.py`: the job side: reloads its trial from the shared storage, reports the monitored
   value every epoch and raises TrialPruned when the pruner says so;
-- `storage.py`: storage URLs (SQLite, journal file, PostgreSQL) in one place;
+- `slots.py`: asynchronous slots, n_jobs trials in flight (through the launcher's submit/poll);
+- `space.py`: the search space parsed and checked, and spelled back in messages;
+- `storage.py`: storage URLs (SQLite, journal file, PostgreSQL), heartbeats and lost-trial retry;
 - `report.py`: study.csv, top_trials.md, best_config.yaml and figures.
 """

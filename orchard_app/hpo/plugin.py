@@ -22,10 +22,15 @@ class OrchardOptunaSweeperConf(OptunaSweeperConf):
     storage: Any | None = None  # null: sqlite:///<sweep dir>/optuna.db; journal:///path.log too
     study_name: str | None = "orchard"  # stable, so the same command resumes the same study
     n_trials: int = 20  # the study's total: a re-run runs only the missing trials
-    n_jobs: int = 1  # trials launched together (a batch; >1 for submitit / SLURM)
+    n_jobs: int = 1  # trials in flight at once (hydra/launcher=local or slurm; basic: one by one)
     max_failure_rate: float = 0.5  # of finished trials; pruned trials are not failures
     pruner: Any | None = None  # an optuna pruner as a _target_ config, e.g. MedianPruner
     params: dict[str, str] | None = field(default_factory=dict)
+    # true: a new trial starts the moment one ends (n_jobs always busy); false: batches of n_jobs
+    asynchronous: bool = True
+    heartbeat_interval: int | None = 30  # s between a trial's heartbeats (SQLite, PostgreSQL)
+    grace_period: int | None = None  # s without one before a trial is lost (null: 2 x interval)
+    max_retry: int = 1  # a lost trial (killed job, no heartbeat) runs again this many times
 
 
 class OrchardOptunaSweeper(Sweeper):

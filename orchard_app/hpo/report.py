@@ -1,4 +1,4 @@
-"""A study's artifacts in its sweep dir, rewritten after every batch (so they are current
+"""A study's artifacts in its sweep dir, rewritten as trials end (so they are current
 during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png; with
 tracking=mlflow, the sweep's parent run shows the same (tracking.update_sweep_page)."""
 
@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from orchard_app.atomic import atomic_write
+from orchard_app.hpo.storage import retried
 from orchard_app.rundir import layout
 from orchard_app.sweep.console import spelled
 from orchard_app.tracking import update_sweep_page
@@ -48,14 +49,20 @@ def study_csv(trials) -> str:
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["number", "state", "value", *[f"params_{n}" for n in names], "duration_s",
-                "epochs_run", "job_dir", "error"])  # fmt: skip
+                "epochs_run", "job_dir", "error", "retry_of", "retried_as"])  # fmt: skip
+    again = retried(trials)
     for t in trials:
         duration = t.duration.total_seconds() if t.duration else None
         epochs = t.user_attrs.get("epochs_run", len(t.intermediate_values) or None)
+        error = t.user_attrs.get("error") or ""
+        if t.number in again and not error:  # failed by Optuna's heartbeat check
+            error = "lost: no heartbeat from its job within the grace period"
+        history = t.system_attrs.get("retry_history") or [""]
         w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                     *[t.params.get(n, "") for n in names],
                     "" if duration is None else round(duration, 1), epochs or "",
-                    t.user_attrs.get("job_dir", ""), t.user_attrs.get("error", "")])  # fmt: skip
+                    t.user_attrs.get("job_dir", ""), error, history[-1],
+                    again.get(t.number, "")])  # fmt: skip
     return out.getvalue()
 
 

@@ -8,6 +8,12 @@ It reuses hydra-optuna-sweeper's search-space parsing (`interval`, `choice`, `ra
   study's total, so the same command after an interruption runs only the missing trials,
   numbers new jobs after the existing ones and first marks trials a killed sweep left RUNNING
   as FAIL; Ctrl-C marks the running trials FAIL and queues their parameters again;
+- asynchronous slots (slots.py): with a launcher that can submit one job (hydra/launcher=local
+  or slurm), n_jobs trials are in flight at all times; `asynchronous=false` keeps batches;
+- several workers on one study (same storage and study name, each its own sweep dir): together
+  they run n_trials, each trial once, with parameters no other trial tried;
+- lost trials: a job killed outright is failed during the study (heartbeats on a database,
+  the launcher's job state otherwise) and retried `max_retry` times;
 - study early stop (`hpo.target`, `hpo.patience`) and the study's artifacts (report.py).
 """
 
@@ -19,7 +25,9 @@ import io
 import logging
 import math
 import os
+import socket
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +37,6 @@ from hydra.core.utils import JobStatus
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import (  # pinned: hydra-optuna-sweeper 1.4.0rc3
     OptunaSweeperImpl,
-    create_params_from_overrides,
 )
 from omegaconf import DictConfig
 from optuna.trial import TrialState
@@ -37,15 +44,21 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
 from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, print_error
-from orchard_app.hpo import report
+from orchard_app.hpo import report, slots
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
+from orchard_app.hpo.space import search_space, spelled_space
 from orchard_app.hpo.storage import (
+    STORAGE_ERRORS,
+    RetryLost,
     absolute_url,
+    advice,
     dashboard_command,
     default_url,
     masked,
     open_storage,
+    retried,
+    why_storage_failed,
     without_password,
 )
 from orchard_app.outcomes import Outcome
@@ -61,7 +74,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 class StudySweeper:
     def __init__(self, sampler: Any, direction: Any, storage: str | None, study_name: str | None,
                  n_trials: int, n_jobs: int, max_failure_rate: float, params: Any = None,
-                 pruner: Any = None, custom_search_space: str | None = None, **_: Any):  # fmt: skip
+                 pruner: Any = None, custom_search_space: str | None = None,
+                 asynchronous: bool = True, heartbeat_interval: int | None = 30,
+                 grace_period: int | None = None, max_retry: int = 1, **_: Any):  # fmt: skip
         if custom_search_space:
             raise HpoError("hydra.sweeper.custom_search_space is not supported by orchard_optuna; "
                            "write the space under hydra.sweeper.params")  # fmt: skip
@@ -70,6 +85,9 @@ class StudySweeper:
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate, self.params = float(max_failure_rate), params or {}
         self.pruner = make_pruner(pruner)
+        self.asynchronous, self.max_retry = bool(asynchronous), int(max_retry)
+        self.heartbeat, self.grace = heartbeat_interval or None, grace_period
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # who runs a trial (user attr)
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -87,12 +105,16 @@ class StudySweeper:
         except OrchardError as e:
             print_error(e)
             raise SystemExit(e.exit_code) from None
+        except KeyboardInterrupt:  # in the sweeper itself (its jobs run in other processes)
+            print("\norchard_app: study interrupted; its running trials were stopped and their "
+                  "parameters queued again: the same command resumes it.", file=sys.stderr)  # fmt: skip
+            raise SystemExit(130) from None
 
     def _sweep(self, arguments: list[str]) -> list[Any]:
         if self.n_trials < 1:
             raise ConfigError([f"hydra.sweeper.n_trials={self.n_trials}: a study needs at least "
                                "one trial (n_trials >= 1)"])  # fmt: skip
-        space, fixed, fixed_overrides = _search_space(
+        space, fixed, fixed_overrides = search_space(
             [f"{k}={v}" for k, v in self.params.items()], list(arguments)
         )
         self._grid(space)
@@ -103,8 +125,9 @@ class StudySweeper:
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
+            storage = open_storage(url, self.heartbeat, self.grace, self.max_retry)
             study = optuna.create_study(
-                study_name=self.study_name, storage=open_storage(url), sampler=self.sampler,
+                study_name=self.study_name, storage=storage, sampler=self.sampler,
                 pruner=self.pruner, direction=self._direction(), load_if_exists=True,
             )  # fmt: skip
         except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as e:
@@ -118,10 +141,12 @@ class StudySweeper:
         self._check_space(study, space)
         self._check_monitor(study)
         progress.release()
-        stale = self._fail_stale(study)
+        stale = self._fail_stale(study)  # (first: a job's own record beats a heartbeat's)
+        optuna.storages.fail_stale_trials(study)  # no heartbeat for grace_period: FAIL, retried
         log.info("study '%s' in %s: %d trial(s) so far%s; %d in all, %s", self.study_name, masked(url),
                  len(study.trials), f" ({stale} left running, marked FAIL)" if stale else "",
                  self.n_trials, study.direction.name.lower())  # fmt: skip
+        log.info("%s", advice(masked(url)))
         returns: list[Any] = []
         shown, (url, password) = masked(url), without_password(url)  # jobs' URL: in .hydra/
         if password is not None:
@@ -132,26 +157,28 @@ class StudySweeper:
                      "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
                      self.n_trials)  # fmt: skip
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
+        self._launching: list = []
         try:
-            while (to_go := self.n_trials - _done(study)) > 0:
-                if reason := self._stop_early(study):
-                    log.info("study stops early: %s", reason)
-                    break
-                batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-                self._launching = batch
-                for run in self._composed(study, batch, url, fixed_args):
-                    overrides = [self._overrides(t, url, fixed_args) for t in run]
-                    results = self.launcher.launch(overrides, initial_job_idx=run[0].number)
-                    for trial, ret in zip(run, results, strict=True):
-                        self._tell(study, trial, ret)
-                    returns += results
+            if self.asynchronous and hasattr(self.launcher, "submit"):
+                returns = slots.run(self, study, space, url, fixed_args)
+            else:
+                returns = self._batches(study, space, url, fixed_args)
+        except BaseException as e:
+            with contextlib.suppress(*STORAGE_ERRORS):  # (the storage may be what failed)
+                self._requeue_interrupted(study)
                 report.write(study, self.sweep_dir, self.config)
-                self._check_failures(study)
-        except BaseException:
-            self._requeue_interrupted(study)
-            report.write(study, self.sweep_dir, self.config)
+            if isinstance(e, STORAGE_ERRORS):
+                raise HpoError(
+                    f"the study storage {shown} stopped answering ({why_storage_failed(e)})."
+                    "\n  The jobs keep their outcomes in their run dirs "
+                    f"and {self.sweep_dir / 'jobs.jsonl'}; run the same command once the storage "
+                    "is back: the study resumes from there."
+                ) from None
             raise
         report.write(study, self.sweep_dir, self.config)
+        if again := retried(study.get_trials(deepcopy=False)):
+            log.info("lost and retried: %s (study.csv says why)",
+                     ", ".join(f"trial {a} as {b}" for a, b in sorted(again.items())))  # fmt: skip
         self._closing(study, shown)
         return returns
 
@@ -161,13 +188,76 @@ class StudySweeper:
         progress.close_with(report.closing(study, self.sweep_dir, self._monitor(),
                                            dashboard_command(shown_url)))  # fmt: skip
 
+    def _batches(self, study: optuna.Study, space: dict, url: str, fixed_args: list[str]) -> list:
+        """n_jobs trials at a time, each batch waited for (`asynchronous=false`, and the basic
+        launcher, which runs one job after the other in this process)."""
+        returns: list[Any] = []
+        while (room := self.room(study)) > 0:
+            if reason := self._stop_early(study):
+                log.info("study stops early: %s", reason)
+                break
+            batch = [
+                t for t in (self.ask(study, space) for _ in range(min(self.n_jobs, room))) if t
+            ]
+            self._launching = batch
+            for run in self._composed(study, batch, url, fixed_args):
+                overrides = [self._overrides(t, url, fixed_args) for t in run]
+                results = self.launcher.launch(overrides, initial_job_idx=run[0].number)
+                for trial, ret in zip(run, results, strict=True):
+                    self._tell(study, trial, ret)
+                returns += results
+            optuna.storages.fail_stale_trials(study)  # lost trials (heartbeats): retried
+            report.write(study, self.sweep_dir, self.config)
+            self._check_failures(study)
+        return returns
+
+    def ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
+        """The next trial (a queued one first), owned by this worker; None when another worker
+        took the study's last place at the same moment (then this one is not run)."""
+        self._reseed(study)
+        trial = study.ask(space)
+        trial.set_user_attr("worker", self.worker)
+        trials = study.get_trials(deepcopy=False)
+        again = retried(trials)
+        ahead = sum(1 for t in trials if t.number < trial.number and t.state != TrialState.WAITING
+                    and _counts(t, again))  # fmt: skip
+        if ahead < self.n_trials:
+            return trial
+        trial.set_user_attr("surplus", True)
+        trial.set_user_attr("error", f"not run: the study had its {self.n_trials} trials "
+                                     "(another worker asked at the same moment)")  # fmt: skip
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return None
+
+    def _reseed(self, study: optuna.Study) -> None:
+        """A seeded sampler draws from a seed of its own for each ask, from the seed, this sweep
+        dir and the trials so far: a resumed study or a second worker on it does not draw the
+        first trials' parameters again (the same RNG state would), and the same command on the
+        same study still draws the same values."""
+        seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
+        if seed is None or isinstance(self.sampler, optuna.samplers.GridSampler):
+            return  # (a grid never repeats a point)
+        mixed = zlib.crc32(f"{seed}:{self.sweep_dir}:{len(study.trials)}".encode())
+        for sampler in (self.sampler, getattr(self.sampler, "_random_sampler", None)):
+            rng = getattr(sampler, "_rng", None)  # pinned: optuna 5 (LazyRandomState)
+            if rng is not None and hasattr(rng, "rng"):
+                rng.rng.seed(mixed)
+
+    def room(self, study: optuna.Study) -> int:
+        """Trials still to ask: n_trials less those finished or running (any worker's), not
+        counting interrupted or lost trials that run again."""
+        trials = study.get_trials(deepcopy=False)
+        again = retried(trials)
+        taken = sum(1 for t in trials if t.state != TrialState.WAITING and _counts(t, again))
+        return self.n_trials - taken
+
     def _on_a_cluster(self) -> bool:
         """SLURM jobs share the sweep dir over a network filesystem, where SQLite's locks are
         unreliable: there the default storage is Optuna's journal file."""
         return "Slurm" in str(self.config.hydra.launcher.get("_target_", ""))
 
     def _overrides(self, trial: optuna.Trial, url: str, fixed_args: list[str]) -> tuple[str, ...]:
-        env = trial_env(url, self.study_name, trial._trial_id)  # pinned: optuna 5
+        env = trial_env(url, self.study_name, trial._trial_id, self.heartbeat)  # pinned: optuna 5
         return (*(f"{k}={v}" for k, v in trial.params.items()), *fixed_args,
                 *(f"++hydra.job.env_set.{k}='{v}'" for k, v in env.items()))  # fmt: skip
 
@@ -213,8 +303,12 @@ class StudySweeper:
             text = (
                 rows[-1].get("error") if rows else None
             ) or f"the job returned {ret.return_value!r}"
+            if rows and rows[-1].get("lost") and self.max_retry > 0:
+                text = f"lost: {text}"  # killed outright, out of memory, a node lost: again
         trial.set_user_attr("error", text[:2000])
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if text.startswith("lost: "):
+            RetryLost(self.max_retry)(study, study._storage.get_trial(trial._trial_id))
 
     # ------------------------------------------------------------------ rules
     def _monitor(self) -> str:
@@ -260,8 +354,8 @@ class StudySweeper:
                 old = t.distributions.get(name)
                 if old is not None and old != d:
                     raise HpoError(
-                        f"the study '{self.study_name}' searched {name}={_space(old)}, now "
-                        f"{name}={_space(d)}: a study keeps its search space.\n  Use another "
+                        f"the study '{self.study_name}' searched {name}={spelled_space(old)}, now "
+                        f"{name}={spelled_space(d)}: a study keeps its search space.\n  Use another "
                         "hydra.sweeper.study_name or sweep dir for the new space."
                     )
 
@@ -276,8 +370,21 @@ class StudySweeper:
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
 
     def _fail_stale(self, study: optuna.Study) -> int:
-        stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        """Trials a stopped sweep left RUNNING: a job of this sweep dir that recorded its end in
+        jobs.jsonl while the storage was away is told that end; the others are failed (not
+        counted: n_trials runs them again). Another live worker's trials are its own."""
+        stale = [t for t in study.get_trials(deepcopy=False)
+                 if t.state == TrialState.RUNNING and not _alive(t.user_attrs.get("worker"))]  # fmt: skip
+        ended = {r["job"]: r for r in read_jobs(self.sweep_dir)}
         for t in stale:  # pinned: optuna 5
+            row = ended.get(t.number) or {}
+            if row.get("run_dir") and _same(row["run_dir"], t.user_attrs.get("job_dir")):
+                if row["outcome"] == Outcome.COMPLETED and _finite(row.get("value")):
+                    study.tell(t.number, float(row["value"]), skip_if_finished=True)
+                    continue
+                if row["outcome"] == Outcome.PRUNED:
+                    study.tell(t.number, state=TrialState.PRUNED, skip_if_finished=True)
+                    continue
             study._storage.set_trial_user_attr(
                 t._trial_id, "error", "left running by a stopped sweep"
             )
@@ -318,8 +425,9 @@ class StudySweeper:
     def _check_failures(self, study: optuna.Study) -> None:
         """Stop once the failures exceed max_failure_rate of n_trials (pruned is no failure)."""
         finished = _done(study)
-        failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                     if not t.user_attrs.get("interrupted"))  # fmt: skip
+        trials = study.get_trials(deepcopy=False)
+        again = retried(trials)
+        failed = sum(1 for t in trials if t.state == TrialState.FAIL and _counts(t, again))
         if failed > self.max_failure_rate * self.n_trials:  # more than the whole study allows
             raise HpoError(
                 f"{failed} of {finished} trials failed, more than hydra.sweeper.max_failure_rate="
@@ -328,77 +436,43 @@ class StudySweeper:
             )
 
 
-def _search_space(preset: list[str], given: list[str]):
-    """Hydra's parse of the space, each distribution checked first (Optuna's own refusals are
-    tracebacks); a fixed value on the command line narrows a preset's search over its key, but
-    a fixed value and a search both given there contradict each other."""
-    problems = []
-    for arg in preset + given:
-        try:
-            space, _, _ = create_params_from_overrides([arg])
-        except ValueError as e:
-            problems.append(f"invalid search space: {_spelled(arg)}: {_reason(e)}")
-            continue
-        for d in space.values():
-            if any(isinstance(b, float) and not math.isfinite(b) for b in vars(d).values()):
-                problems.append(f"invalid search space: {_spelled(arg)}: a bound is not finite")
-    if problems:
-        raise ConfigError(problems)
-    searched, fixed = {}, {}
-    for arg in given:
-        space, value, _ = create_params_from_overrides([arg])
-        searched.update({k: arg for k in space}), fixed.update({k: arg for k in value})
-    if both := sorted(set(searched) & set(fixed)):
-        raise ConfigError([f"{fixed[k]} and {searched[k]} both given: keep the fixed value or "
-                           "the search, not both" for k in both])  # fmt: skip
-    space, fixed, fixed_overrides = create_params_from_overrides(preset + given)
-    for name in fixed:
-        space.pop(name, None)
-    return space, fixed, fixed_overrides
-
-
-def _spelled(arg: str) -> str:
-    """`optimizer.lr=interval(0.1, 0.0001)`, as Hydra reads the override."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        o = OverridesParser.create().parse_override(arg)
-    except Exception:
-        return arg
-    v = o.value()
-    if hasattr(v, "end"):  # IntervalSweep
-        text = f"interval({v.start}, {v.end})"
-    elif hasattr(v, "stop"):  # RangeSweep
-        text = f"range({v.start}, {v.stop}, {v.step})"
-    else:
-        return arg
-    return f"{o.get_key_element()}={f'tag(log, {text})' if 'log' in v.tags else text}"
-
-
-def _reason(e: ValueError) -> str:
-    text = first_line(e)
-    if "low <= high" in text:
-        return "low > high"
-    if "low > 0" in text:
-        return "a log scale needs low > 0"
-    return "the step is 0" if "nonzero step" in text else text
-
-
-def _space(d: Any) -> str:
-    """A distribution as the override that asks for it: choice(16, 32), interval(0.1, 1.0)."""
-    if isinstance(d, optuna.distributions.CategoricalDistribution):
-        return f"choice({', '.join(map(str, d.choices))})"
-    if d.step not in (None, 1) or isinstance(d, optuna.distributions.IntDistribution):
-        text = f"range({d.low}, {d.high}, {d.step})"
-    else:
-        text = f"interval({d.low}, {d.high})"
-    return f"tag(log, {text})" if d.log else text
-
-
 def _done(study: optuna.Study) -> int:
     """Finished trials that count toward n_trials (an interrupted one does not: it is rerun)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if not t.user_attrs.get("interrupted"))  # fmt: skip
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    return sum(1 for t in trials if t.state in FINISHED and _counts(t, again))
+
+
+def _counts(trial: Any, retried: dict[int, int]) -> bool:
+    """Whether a trial takes one of the study's n_trials places: not one that was interrupted
+    or lost and runs again, nor one asked beyond n_trials by a second worker."""
+    if trial.state != TrialState.FAIL:
+        return True
+    attrs = trial.user_attrs
+    return not (attrs.get("interrupted") or attrs.get("surplus") or trial.number in retried)
+
+
+def _same(a: str, b: str | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _alive(worker: str | None) -> bool:
+    """Whether the sweep that owns a trial still runs: a process on this machine is asked; one
+    on another machine is assumed alive (heartbeats, where the storage has them, decide)."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
