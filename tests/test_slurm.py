@@ -152,7 +152,7 @@ def test_a_job_cancelled_from_outside_is_one_cancelled_row_and_exit_1(cluster, t
     assert (rows[0]["outcome"], rows[1]["outcome"]) == ("completed", "cancelled"), err[-3000:]
     assert [r["job"] for r in raw_rows(out)].count(1) == 1  # one row: no `interrupted` before
     assert "was cancelled (scancel)" in rows[1]["error"] and "(None)" not in err
-    assert err.count("done: #1 ") == 1 and "done: #1 cancelled" in err
+    assert err.count("job #1 cancelled |") == 1 and "#1 interrupted" not in err  # one line
     assert "interrupted" not in err.split("sweep " + str(out))[-1]  # the summary table
 
 
