@@ -28,6 +28,52 @@ class OrchardOptunaSweeperConf(OptunaSweeperConf):
     params: dict[str, str] | None = field(default_factory=dict)
 
 
+# The pruner presets, `hpo/pruner=median|percentile|hyperband|none` (hpo=quick|full pick median).
+# Their warm-up follows the trial's length: hpo.warmup x training.epochs, resolved in each job
+# with that job's own epochs; any field can still be overridden (hydra.sweeper.pruner.<key>=...).
+WARMUP = "${orchard_warmup:${training.epochs},${hpo.warmup}}"
+
+
+@dataclass
+class MedianPrunerConf:
+    """Stop a trial whose value at an epoch is worse than the median of earlier trials there."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 3  # trials that finish before any pruning
+    n_warmup_steps: int = WARMUP  # epochs before a trial can be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1  # trials that reached an epoch before it is judged
+
+
+@dataclass
+class PercentilePrunerConf(MedianPrunerConf):
+    """Gentler than the median: stop only a trial in the worst `percentile` % at its epoch."""
+
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+
+
+@dataclass
+class HyperbandPrunerConf:
+    """Multi-fidelity (successive halving in several brackets), resource = epochs: keeps the
+    best 1/reduction_factor of the trials at each rung, from min_resource to training.epochs."""
+
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = "${orchard_warmup:${training.epochs},${hpo.warmup},1}"  # at least 1
+    max_resource: int = "${training.epochs}"
+    reduction_factor: int = 3
+
+
+def _register_pruner_presets() -> None:
+    store = ConfigStore.instance()
+    for name, node in (("median", MedianPrunerConf), ("percentile", PercentilePrunerConf),
+                       ("hyperband", HyperbandPrunerConf)):  # fmt: skip
+        store.store(group="hpo/pruner", name=name, node=node, package="hydra.sweeper.pruner",
+                    provider="orchard_app")  # fmt: skip
+    store.store(group="hpo/pruner", name="none", node={"pruner": None}, package="hydra.sweeper",
+                provider="orchard_app")  # fmt: skip
+
+
 class OrchardOptunaSweeper(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
@@ -46,3 +92,4 @@ ConfigStore.instance().store(
     group="hydra/sweeper", name="orchard_optuna", node=OrchardOptunaSweeperConf,
     provider="orchard_app",
 )  # fmt: skip
+_register_pruner_presets()
