@@ -20,7 +20,9 @@ class OrchardOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "orchard_app.hpo.plugin.OrchardOptunaSweeper"
     direction: Any = None  # null: from training.monitor (max for accuracy/AUC/F1, min for a loss)
     storage: Any | None = None  # null: sqlite:///<sweep dir>/optuna.db; journal:///path.log too
-    study_name: str | None = "orchard"  # stable, so the same command resumes the same study
+    # null: <dataset>-<model>-<hpo preset>, stable, so the same command resumes the same study
+    # (a storage holding a study named `orchard`, the former default, keeps using it)
+    study_name: str | None = None
     n_trials: int = 20  # the study's total: a re-run runs only the missing trials
     n_jobs: int = 1  # trials launched together (a batch; >1 for submitit / SLURM)
     max_failure_rate: float = 0.5  # of finished trials; pruned trials are not failures

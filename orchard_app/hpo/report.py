@@ -1,11 +1,14 @@
 """A study's artifacts in its sweep dir, rewritten after every batch (so they are current
-during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png."""
+during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png (the
+figures at most once a minute during the study, and at its end)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import math
+import time
 import warnings
 from pathlib import Path
 
@@ -21,7 +24,13 @@ log = logging.getLogger("orchard_app.hpo")
 TOP = 5
 
 
-def write(study: optuna.Study, sweep_dir: Path, config) -> None:
+FIGURES_EVERY_S = 60.0  # while the study runs; drawing them costs ~1 s, more than a trial may
+_drawn: dict[Path, float] = {}  # sweep dir -> when its figures were last drawn (monotonic)
+
+
+def write(study: optuna.Study, sweep_dir: Path, config, final: bool = True) -> None:
+    """The study's artifacts; with `final=False` (as trials end) the figures are redrawn at most
+    every FIGURES_EVERY_S seconds, so that they do not add to every trial's cost."""
     trials = study.get_trials(deepcopy=False)
     atomic_write(sweep_dir / layout.STUDY_CSV, study_csv(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -29,7 +38,9 @@ def write(study: optuna.Study, sweep_dir: Path, config) -> None:
         return
     atomic_write(sweep_dir / layout.TOP_TRIALS, top_trials(study, complete, config))
     best_config(study.best_trial, sweep_dir, config, study.study_name)
-    figures(study, sweep_dir / layout.FIGURES_DIR, str(config.training.monitor))
+    if final or time.monotonic() - _drawn.get(sweep_dir, -math.inf) >= FIGURES_EVERY_S:
+        figures(study, sweep_dir / layout.FIGURES_DIR, str(config.training.monitor))
+        _drawn[sweep_dir] = time.monotonic()
 
 
 def study_csv(trials) -> str:

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
 from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, print_error
-from orchard_app.hpo import report
+from orchard_app.hpo import metadata, report
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import (
@@ -65,7 +65,7 @@ class StudySweeper:
             raise HpoError("hydra.sweeper.custom_search_space is not supported by orchard_optuna; "
                            "write the space under hydra.sweeper.params")  # fmt: skip
         self.sampler = instantiate(sampler, _execution_whitelist_=OPTUNA_TARGETS)
-        self.direction, self.storage, self.study_name = direction, storage, study_name or "orchard"
+        self.direction, self.storage, self.study_name = direction, storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate, self.params = float(max_failure_rate), params or {}
         self.pruner = make_pruner(pruner)
@@ -102,8 +102,12 @@ class StudySweeper:
         )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
+            storage = open_storage(url)
+            self.study_name = metadata.study_name(
+                self.study_name, optuna.get_all_study_names(storage), self.config
+            )
             study = optuna.create_study(
-                study_name=self.study_name, storage=open_storage(url), sampler=self.sampler,
+                study_name=self.study_name, storage=storage, sampler=self.sampler,
                 pruner=self.pruner, direction=self._direction(), load_if_exists=True,
             )  # fmt: skip
         except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as e:
@@ -131,6 +135,7 @@ class StudySweeper:
                      "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
                      self.n_trials)  # fmt: skip
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
+        metadata.describe(study, self.config, {k: _space(d) for k, d in space.items()}, fixed_args)
         try:
             while (to_go := self.n_trials - _done(study)) > 0:
                 if reason := self._stop_early(study):
@@ -144,7 +149,7 @@ class StudySweeper:
                     for trial, ret in zip(run, results, strict=True):
                         self._tell(study, trial, ret)
                     returns += results
-                report.write(study, self.sweep_dir, self.config)
+                report.write(study, self.sweep_dir, self.config, final=False)
                 self._check_failures(study)
         except BaseException:
             self._requeue_interrupted(study)

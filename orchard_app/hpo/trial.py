@@ -35,6 +35,7 @@ class JobTrial:
             study_name=study_name, storage=open_storage(storage), pruner=pruner
         )
         self.trial = optuna.trial.Trial(self.study, trial_id)
+        self.history: list[dict[str, float]] = []  # the validation epochs, kept if pruned
 
     @classmethod
     def from_env(cls) -> JobTrial | None:
@@ -50,6 +51,9 @@ class JobTrial:
 
     def on_epoch_end(self, record: dict[str, Any], engine: Any) -> None:
         value, epoch = float(record[engine.monitor]), int(record["epoch"])
+        self.history.append({k: record[k] for k in record if k == "epoch" or k.startswith("val_")}
+                            | {"seconds": record["seconds"]})  # fmt: skip
+        self.trial.set_user_attr("epoch_seconds", sum(h["seconds"] for h in self.history))
         if math.isfinite(value):
             self.trial.report(value, step=epoch)
         if self.trial.should_prune():
@@ -66,6 +70,9 @@ class JobTrial:
             outcome, error = Outcome.FAILED, f"the objective is {value}"
         if epoch is not None:
             self.trial.set_user_attr("epochs_run", epoch)
+        if outcome == Outcome.PRUNED:  # what it learnt before it was stopped, for the study
+            self.trial.set_user_attr("pruned_at_epoch", epoch)
+            self.trial.set_user_attr("val_history", self.history)
         state = STATE.get(outcome, TrialState.FAIL)
         if state == TrialState.FAIL:
             self.trial.set_user_attr("error", error)
