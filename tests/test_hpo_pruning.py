@@ -146,5 +146,7 @@ def test_a_real_study_records_its_metadata_and_resumes_under_its_name(tmp_path):
     assert name == "npz-mini_cnn-quick"
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.trials) == 2 and study.metric_names == ["val_accuracy"]
-    assert study.user_attrs["search_space"] == {"optimizer.lr": "choice(0.003, 0.001)"}
+    space = study.user_attrs["search_space"]
+    assert space["optimizer.lr"] == "choice(0.003, 0.001)" and "training.batch_size" not in space
+    assert "training.batch_size=16" in study.user_attrs["fixed_overrides"]
     assert "hydra.sweeper.n_trials=2" in study.user_attrs["command"]
