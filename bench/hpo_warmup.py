@@ -106,8 +106,12 @@ def replay(trials: list[dict], make_pruner, order: list[int]) -> tuple[set[int],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--curves", type=Path, required=True, help="where the curves are cached")
+    parser.add_argument("--collect-only", choices=SETS, help="collect one set's curves, no replay")
     args = parser.parse_args()
     args.curves.mkdir(parents=True, exist_ok=True)
+    if args.collect_only:
+        collect(args.collect_only, args.curves)
+        return
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
