@@ -69,17 +69,21 @@ def collect(name: str, out: Path) -> Path:
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{name}: study failed:\n{done.stderr[-3000:]}")
+    save_curves(sweep, target, time.perf_counter() - started)
+    return target
+
+
+def save_curves(sweep: Path, target: Path, seconds: float) -> None:
+    """The completed trials' per-epoch values of the study in `sweep`, as JSON."""
     import optuna
 
-    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{sweep / 'optuna.db'}")
-    study = optuna.load_study(
-        study_name=summary.study_name, storage=f"sqlite:///{sweep / 'optuna.db'}"
-    )
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     rows = [{"number": t.number, "value": t.value,
              "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
             for t in study.trials if t.state.name == "COMPLETE"]  # fmt: skip
-    target.write_text(json.dumps({"seconds": time.perf_counter() - started, "trials": rows}))
-    return target
+    target.write_text(json.dumps({"seconds": seconds, "trials": rows}))
 
 
 def replay(trials: list[dict], make_pruner, order: list[int]) -> tuple[set[int], float, int]:
