@@ -48,8 +48,8 @@ def rules(epochs: int) -> dict:
     out = {"median, warm-up 2 epochs (old)": lambda: p.MedianPruner(STARTUP, 2)}
     for f in (0.25, 0.5):
         out[f"median, warm-up {f:.2f} x epochs"] = lambda f=f: p.MedianPruner(STARTUP, warm(f))
-    out["percentile 25, warm-up 0.25 x epochs"] = lambda: p.PercentilePruner(
-        25.0, STARTUP, warm(0.25)
+    out["percentile 75, warm-up 0.25 x epochs"] = lambda: p.PercentilePruner(
+        75.0, STARTUP, warm(0.25)
     )
     out["hyperband, min 0.25 x epochs"] = lambda: p.HyperbandPruner(warm(0.25), epochs, 3)
     return out

@@ -49,10 +49,11 @@ class MedianPrunerConf:
 
 @dataclass
 class PercentilePrunerConf(MedianPrunerConf):
-    """Gentler than the median: stop only a trial in the worst `percentile` % at its epoch."""
+    """Gentler than the median: keep the best `percentile` % of trials at each epoch (75: stop
+    only a trial in the worst quarter there)."""
 
     _target_: str = "optuna.pruners.PercentilePruner"
-    percentile: float = 25.0
+    percentile: float = 75.0
 
 
 @dataclass
