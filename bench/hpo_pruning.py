@@ -1,4 +1,4 @@
-"""What median pruning buys: the same 16-trial `hpo=quick` study on BloodMNIST, with and
+"""What median pruning buys: the same 12-trial `hpo=quick` study on BloodMNIST, with and
 without pruning (`hpo/pruner=none`), same sampler seed, one after the other as a user would.
 
 Prints each study's wall time, trials pruned and best value, the wall-time ratio, and the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import ROOT, data_root
 
-TRIALS, EPOCHS, SAMPLES = 16, 8, 2000
+TRIALS, EPOCHS, SAMPLES = 12, 8, 2000
 
 
 def study(sweep: Path, *extra: str) -> float:

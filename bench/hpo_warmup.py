@@ -33,7 +33,7 @@ from common import ROOT, data_root
 SETS = {  # name: (overrides, trials): hpo=quick's own budget on BreastMNIST, and the study of
     # bench/hpo_pruning.py on BloodMNIST (`hpo_pruning.py --curves DIR` leaves its curves there)
     "breastmnist": (["dataset=breastmnist", "training.epochs=20"], 12),
-    "bloodmnist": (["dataset=bloodmnist", "dataset.max_samples=2000", "training.epochs=8"], 16),
+    "bloodmnist": (["dataset=bloodmnist", "dataset.max_samples=2000", "training.epochs=8"], 12),
 }
 SHUFFLES = 200
 STARTUP = 3  # the presets' completed trials before any pruning
