@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from orchard_app.config import CONF_DIR, null_group_choices, register
+from orchard_app.config.argv import is_multirun, sweep_only
 from orchard_app.rundir.claim import claim_once, drop_unused_claims
 
 register(claim=claim_once)
@@ -42,12 +43,21 @@ def _study_trial():
 def main() -> None:
     import sys
 
-    multirun = "-m" in sys.argv or "--multirun" in sys.argv
-    if multirun and (bad := null_group_choices(sys.argv[1:])):
+    args = sys.argv[1:]
+    if is_multirun(args):
+        problems = [f"{a}: null is not an option a sweep can take; for no preset, sweep "
+                    "experiment=none (e.g. experiment=mini_cnn_flips,none)"
+                    for a in null_group_choices(args)]  # fmt: skip
+    else:  # (Hydra ends a group=null in a traceback)
+        problems = sweep_only(args) + [
+            f"{a}: null is not an option; leave {a.split('=')[0]} out for its default"
+            + (", or use none" if (CONF_DIR / a.split("=")[0] / "none.yaml").is_file() else "")
+            for a in null_group_choices(args)
+        ]
+    if problems:
         from orchard_app.errors import ConfigError, print_error
 
-        error = ConfigError([f"{a}: null is not an option a sweep can take; for no preset, "
-                             "sweep experiment=none (e.g. experiment=mini_cnn_flips,none)" for a in bad])  # fmt: skip
+        error = ConfigError(problems)
         print_error(error)
         raise SystemExit(error.exit_code)
     try:

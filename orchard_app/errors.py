@@ -3,12 +3,28 @@ prints it with `print_error` (no traceback) and exits with its `exit_code`."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 
 def print_error(e: OrchardError | TrainingInterrupted, prog: str = "orchard_app", advice: str = ""):
     """The one message that stops a command: `<prog>: <title>:`, then the error's own text."""
     print(f"\n{prog}: {e.title}:\n{e}{advice}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def command(prog: str) -> Iterator[None]:
+    """Around a command's work: an OrchardError ends it with its one message and exit code,
+    Ctrl-C with exit code 130; never a traceback."""
+    try:
+        yield
+    except OrchardError as e:
+        print_error(e, prog=prog)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; no half-written file was kept.", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 def first_line(e: BaseException, most: int = 600) -> str:
@@ -21,6 +37,11 @@ def first_line(e: BaseException, most: int = 600) -> str:
     head = text[: most + 1]
     sentence = head.rfind(". ")
     return (head[: sentence + 1] if sentence > most // 2 else head.rsplit(" ", 1)[0]) + " …"
+
+
+def cause(e: BaseException, most: int = 600) -> str:
+    """'<error type>: <its first line>', the cause a one-message error quotes."""
+    return f"{type(e).__name__}: {first_line(e, most)}"
 
 
 class OrchardError(Exception):
@@ -94,6 +115,10 @@ class CompareError(OrchardError):
 
 class RunLockedError(OrchardError):
     title = "run directory busy"
+
+
+class SweepLockedError(RunLockedError):
+    title = "sweep directory busy"
 
 
 class RunDirError(OrchardError):

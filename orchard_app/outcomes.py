@@ -1,4 +1,5 @@
-"""How a run ended, in one vocabulary: completed, failed, interrupted, pruned, requeued, timeout.
+"""How a run ended, in one vocabulary: completed, failed, interrupted, pruned, requeued, timeout,
+cancelled.
 
 Mapped once from what ended the run (`outcome_of(exception)`), then read by provenance.json,
 the MLflow run status, the sweep's parent run, jobs.jsonl and its table, the Optuna trial state,
@@ -20,10 +21,12 @@ class Outcome(StrEnum):
     PRUNED = "pruned"  # stopped early on purpose by a pruner
     REQUEUED = "requeued"  # stopped by the scheduler, which starts it again (resume=auto)
     TIMEOUT = "timeout"  # the scheduler's time limit, with no requeue left (a launcher's record)
+    CANCELLED = "cancelled"  # cancelled on the scheduler (scancel): a launcher's record, not a
+    # success (the sweep exits 1); its last.pt is kept, training.resume=auto continues it
 
 
 ENDED = tuple(o for o in Outcome if o is not Outcome.REQUEUED)  # a requeued job runs again
-FAILURES = (Outcome.FAILED, Outcome.TIMEOUT)
+FAILURES = (Outcome.FAILED, Outcome.TIMEOUT, Outcome.CANCELLED)
 
 
 # MLflow's run statuses: FINISHED / FAILED / KILLED; tags carry the exact outcome.
@@ -34,6 +37,7 @@ MLFLOW_STATUS = {
     Outcome.INTERRUPTED: "KILLED",
     Outcome.REQUEUED: "KILLED",
     Outcome.TIMEOUT: "FAILED",
+    Outcome.CANCELLED: "KILLED",
 }
 
 

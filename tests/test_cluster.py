@@ -228,9 +228,8 @@ def test_a_batch_is_submitted_as_one_job_array_and_its_lost_tasks_reported(
     ):
         assert f"#SBATCH {flag}\n" in submitted, submitted
     assert (sweep.stat().st_mode & 0o777) == 0o770  # ++hydra.sweep.mode, as the stock launch does
-    assert [r["error"] for r in rows(sweep).values()] == [
-        f"SLURM job 4241_{i} ended CANCELLED (cancelled by scancel) without a result"
-        for i in (0, 1)
+    assert [(r["outcome"], r["error"]) for r in rows(sweep).values()] == [
+        ("cancelled", f"SLURM job 4241_{i} was cancelled (scancel)") for i in (0, 1)
     ]
     assert "submitted job array 4241 (2 tasks)" in caplog.messages
 

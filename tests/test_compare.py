@@ -17,8 +17,8 @@ from conftest import ROOT, compose, run_cli, tiny_overrides
 
 from orchard_app.compare import compare, paper, seedless_hash, to_csv, to_markdown, write
 from orchard_app.compare.__main__ import main as compare_main
+from orchard_app.config.medmnist import medmnist_2d_names, medmnist_info, task_of
 from orchard_app.config.validate import validate
-from orchard_app.data.medmnist_info import medmnist_2d_names, medmnist_info, task_of
 from orchard_app.errors import CompareError
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -185,6 +185,20 @@ def test_experiments_and_their_settings_form_separate_groups(tmp_path):
                          ("breastmnist", "breast_recipe"), ("bloodmnist", "medmnist_v2")}  # fmt: skip
     assert all(r["seeds"] == 2 for r in rows.values())
     assert rows[("bloodmnist", "medmnist_v2")]["paper_r18_acc"] == 0.958
+
+
+def test_the_experiment_column_leaves_out_what_the_config_hash_leaves_out(tmp_path):
+    """Tracking, study, resume and export settings (MACHINE_KEYS) neither split a group nor
+    show in its label; a real setting still does."""
+    fake_run(tmp_path, "breastmnist", 0, 0.86, 0.9, "medmnist_v2", extra={"optimizer": {"lr": 0.01}},
+             overrides=("optimizer.lr=0.01", "tracking=mlflow", "tracking.uri=http://h:5000",
+                        "hpo=quick", "training.resume=auto", "+export.onnx=true",
+                        "hydra.sweeper.n_trials=4"))  # fmt: skip
+    fake_run(tmp_path, "breastmnist", 1, 0.88, 0.9, "medmnist_v2", extra={"optimizer": {"lr": 0.01},
+             "tracking": {"uri": "sqlite:///m.db"}}, overrides=("optimizer.lr=0.01",))  # fmt: skip
+    rows = by_key(compare([tmp_path]))
+    assert list(rows) == [("breastmnist", "medmnist_v2 optimizer.lr=0.01")]
+    assert rows[("breastmnist", "medmnist_v2 optimizer.lr=0.01")]["seeds"] == 2
 
 
 def test_the_experiment_key_ignores_the_seed_and_machine_paths_only():

@@ -21,8 +21,8 @@ import torch
 from conftest import ROOT, compose, make_npz, run_cli, tiny_overrides
 
 from orchard_app import train
+from orchard_app.config import medmnist as mi
 from orchard_app.data import files
-from orchard_app.data import medmnist_info as mi
 from orchard_app.data.dataset import load_dataset
 from orchard_app.data.pipeline import BatchPipeline
 from orchard_app.errors import DataError
@@ -45,7 +45,7 @@ def test_every_medmnist_2d_set_has_a_config_whose_task_matches_info():
 
 
 def test_info_is_read_without_importing_torch():
-    code = "import sys; from orchard_app.data.medmnist_info import medmnist_info; medmnist_info(); print('torch' in sys.modules)"
+    code = "import sys; from orchard_app.config.medmnist import medmnist_info; medmnist_info(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -195,22 +195,20 @@ def wrap_evaluate(wrapper):
 
 
 def test_early_stopping_after_patience(tiny_npz, tmp_path):
-    scripted = iter([0.5, 0.7, 0.6, 0.65, 0.65, 0.9, 0.95])  # no new best after epoch 2
+    def freeze_after_epoch_2(record, engine):
+        """From epoch 3 on the model no longer changes (learning rate 0, BatchNorm statistics
+        kept), so no later epoch improves on the validation loss of epoch 2."""
+        if record.epoch == 2:
+            for group in engine.optimizer.param_groups:
+                group["lr"] = 0.0
+            for m in engine.model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = 0.0
 
-    def script_val_accuracy(engine, real):
-        def evaluate(split, tta=False):
-            metrics, probs, labels = real(split, tta)
-            if split is engine.pipeline.data.val:
-                metrics["accuracy"] = next(scripted)
-            return metrics, probs, labels
-
-        return evaluate
-
-    train(
-        compose(*tiny_overrides(tiny_npz, "training.epochs=7", "training.early_stop_patience=3")),
-        output_dir=tmp_path / "r",
-        step_hooks=[wrap_evaluate(script_val_accuracy)],
-    )
+    overrides = ("training.epochs=7", "training.early_stop_patience=3", "scheduler=none",
+                 "training.monitor=val_loss")  # fmt: skip
+    train(compose(*tiny_overrides(tiny_npz, *overrides)), output_dir=tmp_path / "r",
+          callbacks=[freeze_after_epoch_2])  # fmt: skip
     metrics = read_metrics(tmp_path / "r")
     assert metrics["epochs_run"] == 5 and metrics["stopped_early"] and metrics["best_epoch"] == 2
 

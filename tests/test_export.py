@@ -314,11 +314,12 @@ def test_exports_are_logged_to_mlflow_at_the_end_of_training_and_by_a_later_expo
     files = {a.path for a in client.list_artifacts(run.info.run_id, "exports")}
     assert files == {f"exports/{name}" for name in EXPORTS}
     metrics = run.data.metrics
-    assert metrics["export_onnx_fp32_accuracy"] == pytest.approx(metrics["export_pytorch_accuracy"])
-    assert "export_onnx_int8_batch_1_ms" in metrics and "export_max_deviation" in metrics
+    assert metrics["export/onnx_fp32/accuracy"] == pytest.approx(metrics["export/pytorch/accuracy"])
+    assert "export/onnx_int8/batch_1_ms" in metrics and "export/max_deviation" in metrics
 
+    assert "Deployment export" in (run_dir / "report.html").read_text()  # rendered again
     main([str(run_dir), *QUICK])  # a later export adds to the same MLflow run
-    history = client.get_metric_history(run.info.run_id, "export_onnx_fp32_accuracy")
+    history = client.get_metric_history(run.info.run_id, "export/onnx_fp32/accuracy")
     assert len(history) == 2 and len(client.search_runs([run.info.experiment_id])) == 1
 
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +119,7 @@ def test_cache_is_reused_until_a_file_changes(tmp_path):
     load(root)
     [entry] = cache_entries()
     stamp = (entry / "manifest.json").stat().st_mtime_ns
-    start = time.perf_counter()
-    load(root)
-    assert time.perf_counter() - start < 1.0
+    load(root)  # reused: the same entry, its manifest untouched (no timing: load varies)
     assert cache_entries() == [entry] and (entry / "manifest.json").stat().st_mtime_ns == stamp
     seen = {entry}
     for change in (

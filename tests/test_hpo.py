@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tm
                  "figures/intermediate_values.png"):  # fmt: skip
         assert (sweep / name).is_file(), name
     best = max(table, key=lambda r: float(r["value"]))
-    assert f"best trial {best['number']}" in result.stderr
+    assert f"best trial #{best['number']}: val_accuracy " in result.stderr
 
     rerun = ok(run_cli("--config-path", str(sweep), "--config-name", "best_config", cwd=tmp_path / "x"
                        if (tmp_path / "x").mkdir() is None else tmp_path))  # fmt: skip
@@ -117,9 +118,10 @@ def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tm
 
 def test_trials_that_cannot_learn_are_pruned_not_failed(npz, tmp_path):
     sweep = tmp_path / "sweep"
-    ok(run_cli(*study_args(npz, sweep, "training.epochs=4", "hydra/sweeper/sampler=grid",
-                           f"optimizer.lr=choice({GOOD},{BAD})", THRESHOLD, preset=BARE),
-               cwd=tmp_path))  # fmt: skip
+    result = ok(run_cli(*study_args(npz, sweep, "training.epochs=4", "hydra/sweeper/sampler=grid",
+                                    f"optimizer.lr=choice({GOOD},{BAD})", THRESHOLD, preset=BARE),
+                        cwd=tmp_path))  # fmt: skip
+    console_of_a_study(result.stderr, sweep)
     table = {r["params_optimizer.lr"]: r for r in rows(sweep)}
     assert table[str(float(GOOD))]["state"] == "COMPLETE"
     pruned = table[str(float(BAD))]
@@ -128,6 +130,27 @@ def test_trials_that_cannot_learn_are_pruned_not_failed(npz, tmp_path):
     assert prov["status"] == "pruned" and prov["stopped_at_epoch"] == 2
     jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
     assert sorted(j["outcome"] for j in jobs) == ["completed", "pruned"]
+
+
+def console_of_a_study(err: str, sweep: Path) -> None:
+    """What the console says of the two-trial study above (one learns, one is pruned)."""
+    clock = r"\[\d\d:\d\d:\d\d\] "
+    launched = re.findall(rf"{clock}trial #(\d) launched: lr=(\S+)\n", err)
+    assert sorted(launched) == [("0", "0.003"), ("1", "1e-09")] or sorted(launched) == [
+        ("0", "1e-09"), ("1", "0.003")], err[-3000:]  # fmt: skip
+    pruned = next(n for n, lr in launched if lr == "1e-09")
+    assert re.search(rf"{clock}trial #{pruned} pruned at epoch 2 \| [12] ended", err)  # (a grid)
+    assert f"orchard_app: trial #{pruned} pruned at epoch 2" in err  # the job's own line
+    for noise in ("Launching", "env_set", "ORCHARD_HPO", "[I ", "A new study created"):
+        assert noise not in err, noise
+    closing = err[err.index("best trial #") :]
+    assert re.match(r"best trial #\d: val_accuracy \d\.\d{4} with lr=0.003\n", closing)
+    for name in ("study.csv", "top_trials.md", "figures/", "best_config.yaml"):
+        assert f"\n  {name} " in closing, name
+    assert (f"re-run the best trial: python -m orchard_app --config-path {sweep} "
+            "--config-name best_config") in closing  # fmt: skip
+    assert re.search(rf"dashboard[^:]*: optuna-dashboard sqlite:///{sweep}/optuna.db$", closing)
+    assert str(sweep).startswith("/")  # so the URL has four slashes
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from conftest import ROOT, compose, run_cli
 
 from orchard_app import train
 from orchard_app.config.laterality import is_lateral, plan_flips, side_classes
-from orchard_app.data.medmnist_info import label_names, medmnist_2d_names
+from orchard_app.config.medmnist import label_names, medmnist_2d_names
 from orchard_app.errors import ConfigError
 from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose, make_npz, tiny_overrides
+from conftest import ROOT, compose, made_once, make_npz, tiny_overrides
 
 from orchard_app import train
 from orchard_app.predict.__main__ import main
@@ -32,12 +32,18 @@ def train_run(base: Path, *extra: str) -> tuple[Path, Path]:
     return run, npz
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """One tiny mini_cnn run for the module: model.onnx exported, report with saliency."""
-    base = tmp_path_factory.mktemp("predict")
-    return train_run(base, *QUICK_EXPORT, "evaluation.figures=true", "evaluation.saliency=true",
-                     "evaluation.sample_grid=4")  # fmt: skip
+    """(run dir, npz) of one tiny mini_cnn run, made once for the session (both workers read
+    it): model.onnx exported, report with saliency. Read it; nothing writes into it."""
+
+    def make(base: Path) -> list[str]:
+        base.mkdir()
+        return [str(p) for p in train_run(base, *QUICK_EXPORT, "evaluation.figures=true",
+                                          "evaluation.saliency=true", "evaluation.sample_grid=4")]  # fmt: skip
+
+    run, npz = made_once(tmp_path_factory, "predict_run", make)[1]
+    return Path(run), Path(npz)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

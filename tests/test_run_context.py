@@ -88,43 +88,39 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tiny_npz, tmp_path):
     assert [a["outcome"] for a in read_json(run / "provenance.json")["attempts"]] == ["completed"]
 
 
-def _scripted_val(values):
-    """A step hook that replaces the validation value of the monitor epoch by epoch: at the
-    run's first step it wraps that engine's `evaluate`, its evaluation entry (the Engine class
-    is left alone)."""
-    scripted, calls = iter(values), [0]
-
-    def hook(engine):
-        calls[0] += 1
-        if calls[0] > 1:
-            return
-        real = engine.evaluate
-
-        def evaluate(split, tta=False):
-            metrics, probs, labels = real(split, tta)
-            if split is engine.pipeline.data.val:
-                metrics["auc"] = next(scripted)
-            return metrics, probs, labels
-
-        engine.evaluate = evaluate
-
-    return hook
+def _one_class_val(npz, tmp_path):
+    """`npz` with every validation label 0: the validation AUC is undefined (NaN)."""
+    arrays = dict(np.load(npz))
+    arrays["val_labels"] = np.zeros_like(arrays["val_labels"])
+    np.savez(tmp_path / "one_class_val.npz", **arrays)
+    return tmp_path / "one_class_val.npz", torch.from_numpy(np.load(npz)["val_labels"][:, 0]).long()
 
 
 def test_a_nan_monitor_is_never_the_best_epoch(tiny_npz, tmp_path):
+    npz, real_labels = _one_class_val(tiny_npz, tmp_path)
+
+    def real_labels_after_epoch_1(record, engine):  # epoch 1: NaN; then real AUCs
+        if record.epoch == 1:
+            engine.pipeline.data.val.labels = real_labels
+
     value = train(
-        compose(*tiny_overrides(tiny_npz, "training.epochs=3", "training.monitor=val_auc")),
-        tmp_path / "r", step_hooks=[_scripted_val([float("nan"), 0.6, 0.7])],
+        compose(*tiny_overrides(npz, "training.epochs=3", "training.monitor=val_auc")),
+        tmp_path / "r", callbacks=[real_labels_after_epoch_1],
     )  # fmt: skip
-    assert value == 0.7 and read_json(tmp_path / "r" / "metrics.json")["best_epoch"] == 3
+    metrics = read_json(tmp_path / "r" / "metrics.json")
+    aucs = [h["val_auc"] for h in metrics["history"]]
+    assert aucs[0] is None and None not in aucs[1:]  # (metrics.json writes NaN as null)
+    best = metrics["best_epoch"]
+    assert best >= 2 and value == aucs[best - 1] == max(aucs[1:])
 
 
 def test_a_monitor_that_is_nan_throughout_is_a_clear_failure(tiny_npz, tmp_path):
+    npz, _ = _one_class_val(tiny_npz, tmp_path)
     with pytest.raises(NonFiniteLossError, match="val_auc was NaN in all 2 epochs"):
         train(
-            compose(*tiny_overrides(tiny_npz, "training.epochs=2", "training.monitor=val_auc")),
-            tmp_path / "r", step_hooks=[_scripted_val([float("nan")] * 2)],
-        )  # fmt: skip
+            compose(*tiny_overrides(npz, "training.epochs=2", "training.monitor=val_auc")),
+            tmp_path / "r",
+        )
     assert read_json(tmp_path / "r" / "provenance.json")["status"] == "failed"
 
 

@@ -85,8 +85,9 @@ def test_a_time_limit_with_no_requeue_left_is_reported_as_a_timeout(cluster, tmp
                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
                       "hydra.launcher.max_num_timeout=0")  # fmt: skip
     assert done.returncode == 1 and time.monotonic() - started < 240
-    (row,) = jobs(out).values()
+    (row,) = raw_rows(out)  # one row: not `requeued` first
     assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
+    assert "requeued (it resumes" not in done.stderr  # no progress line says it will
     assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
 
 
@@ -123,20 +124,66 @@ def _once_epoch_1_is_saved(proc: subprocess.Popen, out: Path, *command: str, tim
     return run, err
 
 
-def test_a_job_cancelled_from_outside_is_reported_not_waited_for(cluster, tmp_path):
-    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
-    proc, out = _background_sweep(tmp_path, *tiny_overrides(npz, "training.epochs=200"),
+def _task_id(run: Path) -> str:
+    """`<array job>_<task>`: the one array task (SLURM_JOB_ID alone may name the whole array);
+    a batch of one job is a plain job."""
+    env = read_json(run / "provenance.json")["env"]
+    if "SLURM_ARRAY_JOB_ID" not in env:
+        return env["SLURM_JOB_ID"]
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+
+
+def raw_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+
+
+def test_a_job_cancelled_from_outside_is_one_cancelled_row_and_exit_1(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(1600, 64, 64))
+    proc, out = _background_sweep(tmp_path, *tiny_overrides(npz), "training.epochs=1,200",
                                   "hardware.num_threads=1")  # fmt: skip
     try:
-        prov = _wait_for("*/provenance.json", out, proc)
-        job_id = read_json(prov)["env"]["SLURM_JOB_ID"]
-        subprocess.run(["scancel", job_id], check=True)
-        _, err = proc.communicate(timeout=180)
+        run = _wait_for("1_*/checkpoints/last.pt", out, proc).parent.parent
+        subprocess.run(["scancel", _task_id(run)], check=True)
+        _, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
-    assert proc.returncode == 1 and "Traceback" not in err
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    rows = jobs(out)
+    assert (rows[0]["outcome"], rows[1]["outcome"]) == ("completed", "cancelled"), err[-3000:]
+    assert [r["job"] for r in raw_rows(out)].count(1) == 1  # one row: no `interrupted` before
+    assert "was cancelled (scancel)" in rows[1]["error"] and "(None)" not in err
+    assert err.count("done: #1 ") == 1 and "done: #1 cancelled" in err
+    assert "interrupted" not in err.split("sweep " + str(out))[-1]  # the summary table
+
+
+def test_the_same_sweep_after_a_timeout_names_the_way_out_and_then_continues(cluster, tmp_path):
+    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
+    args = (*tiny_overrides(npz, "training.epochs=50"), "hardware.num_threads=1",
+            "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
+            "hydra.launcher.max_num_timeout=0")  # fmt: skip
+    done, out = sweep(tmp_path, *args)
+    assert done.returncode == 1 and jobs(out)[0]["outcome"] == "timeout", done.stderr[-3000:]
+
+    again, _ = sweep(tmp_path, *args)  # the same command: its job's run dir holds the first run
     (row,) = jobs(out).values()
-    assert row["outcome"] in ("failed", "interrupted") and "CANCELLED" in (row["error"] or "") + err
+    assert again.returncode == 1 and row["outcome"] == "failed", again.stderr[-3000:]
+    assert "from an earlier sweep" in row["error"] and "plus training.resume=auto" in row["error"]
+    assert "new hydra.sweep.dir" in row["error"]
+
+    proc, _ = _background_sweep(tmp_path, *args, "training.resume=auto")
+    try:  # the way out: the same run dir continues from its last.pt (then it is cancelled)
+        run = Path(row["run_dir"])
+        deadline = time.monotonic() + 180
+        while len(read_json(run / "provenance.json")["attempts"]) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(1)
+        subprocess.run(["scancel", _task_id(run)], check=True)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    attempts = read_json(run / "provenance.json")["attempts"]
+    assert attempts[-1]["resumed_from"].endswith("last.pt"), attempts
+    assert jobs(out)[0]["outcome"] == "cancelled" and "Traceback" not in err
 
 
 def _straight_metrics(tmp_path: Path, npz: Path, epochs: int) -> dict:

@@ -6,15 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import compose, run_cli, tiny_overrides
 from omegaconf import OmegaConf, open_dict
 
+from orchard_app.hpo.storage import dashboard_command
 from orchard_app.rundir.layout import JOBS as RECORD_NAME
+from orchard_app.sweep.console import compact, launched
 from orchard_app.sweep.direction import follow_monitor
 from orchard_app.sweep.launcher_logs import route_launcher_logs
 from orchard_app.sweep.progress import Progress, summary_text, total_jobs
@@ -71,9 +78,14 @@ def test_the_stock_optuna_sweeper_maximises_accuracy_and_reports_the_best(tiny_n
     assert best == max(values)
     # a line per trial as it ends, then the table
     for k in (1, 2, 3):
-        assert len(re.findall(rf"{CLOCK}trial {k}/3 done: #\d val_accuracy ", err)) == 1, k
+        assert (
+            len(re.findall(rf"{CLOCK}trial #\d done, val_accuracy \S+ \| {k} of 3 ended", err)) == 1
+        ), k
     assert f"best val_accuracy {max(values):.4f}" in err
-    assert re.search(r"job +state +val_accuracy +run dir", err)
+    assert re.search(r"trial +state +val_accuracy +run dir", err)
+    for k in (0, 1, 2):  # one line per launched trial, with its sampled value
+        assert len(re.findall(rf"{CLOCK}trial #{k} launched: lr=\d\.\d+(e-0\d)?\n", err)) == 1, k
+    assert "Launching" not in err and "[I " not in err  # nor Hydra's nor Optuna's own lines
     lines = console_lines(err)
     assert_no_line_printed_twice(lines)
 
@@ -172,7 +184,14 @@ def test_a_slurm_sweep_shows_each_launcher_warning_once(cluster, tiny_npz, tmp_p
     assert output.count("Bypassing sacct error") <= 1  # once, or never on a cluster with sacct
     assert "submitit WARNING" not in output  # submitit's own handlers are set aside
     for k in (1, 2):
-        assert len(re.findall(rf"{CLOCK}job {k}/2 done: #\d val_accuracy ", result.stderr)) == 1
+        assert (
+            len(
+                re.findall(
+                    rf"{CLOCK}job #\d done, val_accuracy \S+ \| {k} of 2 ended", result.stderr
+                )
+            )
+            == 1
+        )
     lines = console_lines(result.stderr)
     assert_no_line_printed_twice(lines)
     assert {j["outcome"] for j in jobs_of(sweep_dir_of(tmp_path))} == {"completed"}
@@ -184,12 +203,16 @@ def test_a_basic_sweep_prints_a_line_per_job_and_a_table(failing_sweep):
     assert result.returncode == 1
     err = result.stderr
     assert "Traceback" not in err
-    first = re.search(rf"{CLOCK}job 1/2 done: #0 val_accuracy (\S+) \| best so far \1 \(#0\) "
-                      r"\| elapsed \d+s, ETA \d+s\n", err)  # fmt: skip
-    second = re.search(rf"{CLOCK}job 2/2 done: #1 failed \| best so far \S+ \(#0\) "
+    first = re.search(rf"{CLOCK}job #0 done, val_accuracy (\S+) \| 1 of 2 ended \| best so far "
+                      r"\1 \(#0\) \| elapsed \d+s, ETA \d+s\n", err)  # fmt: skip
+    second = re.search(rf"{CLOCK}job #1 failed \| 2 of 2 ended \| best so far \S+ \(#0\) "
                        r"\| elapsed \d+s\n", err)  # fmt: skip
     assert first and second and first.start() < second.start(), err[-3000:]
-    assert err.count("job 1/2 done") == 1 and err.count("job 2/2 done") == 1
+    assert err.count("1 of 2 ended") == 1 and err.count("2 of 2 ended") == 1
+    # a line per launched job, with the value it sweeps; none of Hydra's per-launch lines
+    assert re.search(rf"{CLOCK}job #0 launched: label_smoothing=0.1\n", err)
+    assert re.search(rf"{CLOCK}job #1 launched: label_smoothing=1.5\n", err)
+    assert "Launching" not in err and "\t#0 :" not in err
     table = err[err.index("sweep /") :]
     assert "2 job(s): 1 completed, 1 failed; best val_accuracy" in table
     assert re.search(r"job +state +val_accuracy +run dir\n +#0 +completed +\d\.\d{4} +/", table)
@@ -211,11 +234,11 @@ def test_progress_lines_from_another_process_each_once_with_best_and_eta(tmp_pat
     write_rows(sweep, {"job": 2, "outcome": "requeued", "value": None})
     progress.stop()
     lines = console_lines(capsys.readouterr().err)
-    assert [re.sub(CLOCK, "", line).split(" | ")[:2] for line in lines] == [
-        ["trial 1/20 done: #4 val_accuracy 0.9120", "best so far 0.9120 (#4)"],
-        ["trial 2/20 done: #1 val_accuracy 0.5000", "best so far 0.9120 (#4)"],
-        ["trial 3/20 done: #6 pruned at epoch 3", "best so far 0.9120 (#4)"],
-        ["trial 3/20 done: #2 requeued (it resumes when the scheduler restarts it)",
+    assert [re.sub(CLOCK, "", line).split(" | ")[:3] for line in lines] == [
+        ["trial #4 done, val_accuracy 0.9120", "1 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #1 done, val_accuracy 0.5000", "2 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #6 pruned at epoch 3", "3 of 20 ended", "best so far 0.9120 (#4)"],
+        ["trial #2 requeued (it resumes when the scheduler restarts it)", "3 of 20 ended",
          "best so far 0.9120 (#4)"],
     ]  # fmt: skip
     assert all(re.search(r"\| elapsed \d+s, ETA \d+s$", line) for line in lines)
@@ -231,7 +254,9 @@ def test_best_so_far_follows_a_loss_monitor_downwards(tmp_path, capsys):
     progress.poll()  # nothing new: nothing printed again
     last = console_lines(capsys.readouterr().err)
     assert len(last) == 3
-    assert re.sub(CLOCK, "", last[-1]).startswith("job 3 done: #2 failed | best so far 0.3000 (#1)")
+    assert re.sub(CLOCK, "", last[-1]).startswith(
+        "job #2 failed | 3 ended | best so far 0.3000 (#1)"
+    )
     assert "ETA" not in last[-1]  # the total is unknown
 
 
@@ -268,3 +293,143 @@ def test_the_total_of_an_optuna_sweep_is_n_trials_unless_a_grid_ends_it_sooner(s
     with open_dict(cfg.hydra.sweeper.sampler):
         cfg.hydra.sweeper.sampler._target_ = f"optuna.samplers.{sampler}"
     assert total_jobs(cfg) == total
+
+
+# ---------------------------------------------------------------------- sweep-only arguments
+@pytest.mark.parametrize(
+    ("arg", "said"),
+    [
+        ("hpo=quick", "runs an Optuna study of many trials, which needs -m"),
+        ("hydra/sweeper=orchard_optuna", "takes effect only in a sweep, which needs -m"),
+        ("optimizer.lr=tag(log,interval(1e-4,1e-2))", "asks for a sweep (several values or a "
+         "search space), which needs -m"),
+        ("training.batch_size=choice(16,32)", "asks for a sweep"),
+        ("training.batch_size=range(16,64,16)", "asks for a sweep"),
+        ("training.seed=1,2", "asks for a sweep"),
+    ],
+)  # fmt: skip
+def test_a_sweep_argument_without_m_is_refused_before_anything_runs(arg, said, tmp_path):
+    result = run_cli(arg, "training.epochs=1", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.lstrip().startswith(f"orchard_app: invalid config:\n  - {arg} {said}")
+    assert (
+        f"add -m for the sweep: python -m orchard_app -m {shlex.quote(arg)} training.epochs=1"
+        in result.stderr
+    )
+    assert ("interval is searched by an Optuna study" in result.stderr) == ("interval(" in arg)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize(("arg", "said"), [("hpo=null", "leave hpo out for its default\n"),
+                                           ("experiment=null", "or use none\n")])  # fmt: skip
+def test_a_null_group_in_a_single_run_is_one_message(arg, said, tmp_path):
+    result = run_cli(arg, "training.epochs=1", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"  - {arg}: null is not an option; " in result.stderr and said in result.stderr
+
+
+def test_the_config_of_an_hpo_preset_can_still_be_shown_without_m(tmp_path):
+    result = run_cli("--cfg", "job", "hpo=quick", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "hpo:" in result.stdout
+
+
+# ---------------------------------------------------------------------- 5. launch and closing lines
+def test_a_launch_line_names_the_trial_and_its_values_in_short(capsys):
+    launched(5, {"optimizer.lr": "0.0008468008575248334", "training.batch_size": "32",
+                 "scheduler": "cosine", "a.dropout": 7.068974950624607e-06, "b.dropout": 0.5})  # fmt: skip
+    (line,) = console_lines(capsys.readouterr().err)
+    assert re.sub(CLOCK, "", line) == ("trial #5 launched: lr=0.000847 batch_size=32 "
+                                       "scheduler=cosine a.dropout=7.07e-06 b.dropout=0.5")  # fmt: skip
+    assert [compact(v) for v in ("1e-3", "nan", "12", 3, "0.30000000000000004")] == [
+        "0.001", "nan", "12", "3", "0.3"]  # fmt: skip
+
+
+def test_hydras_launch_records_become_one_short_line_per_trial(capsys):
+    """The records Hydra's basic launcher (and submitit's) logs at each launch of a study."""
+    cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins."
+                                                   "basic_launcher.BasicLauncher"}}})  # fmt: skip
+    undo = route_launcher_logs(cfg, {"optimizer.lr", "training.batch_size"}, "trial")
+    hydra_log = logging.getLogger("hydra._internal.core_plugins.basic_launcher")
+    try:
+        with capture_records(hydra_log) as passed:
+            hydra_log.info("Launching 1 jobs locally")
+            hydra_log.info("\t#7 : optimizer.lr=0.011536162338241389 training.batch_size=128 "
+                           "hpo=quick dataset=npz ++hydra.job.env_set.ORCHARD_HPO_TRIAL='8'")  # fmt: skip
+            hydra_log.info("something else")
+    finally:
+        undo()
+    (line,) = console_lines(capsys.readouterr().err)
+    assert re.sub(CLOCK, "", line) == "trial #7 launched: lr=0.0115 batch_size=128"
+    assert passed == ["something else"]
+    assert not hydra_log.filters  # taken off after the sweep
+
+
+class capture_records:  # noqa: N801  (a context manager read as a phrase)
+    def __init__(self, logger: logging.Logger):
+        self.logger, self.messages = logger, []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.messages.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self.logger.addHandler(self.handler)
+        self.level, self.logger.level = self.logger.level, logging.INFO
+        return self.messages
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.level = self.level
+
+
+@pytest.mark.parametrize(
+    ("url", "command"),
+    [
+        ("sqlite:////abs/sweep/optuna.db", "optuna-dashboard sqlite:////abs/sweep/optuna.db"),
+        ("journal:///abs/sweep/optuna.journal", "optuna-dashboard /abs/sweep/optuna.journal"),
+        ("postgresql://ann:***@db:5432/studies",
+         "optuna-dashboard 'postgresql://ann:***@db:5432/studies'   (*** is the password; "
+         "or export PGPASSWORD and leave out :***)"),
+        ("postgresql://ann@db/studies", "optuna-dashboard postgresql://ann@db/studies"),
+    ],
+)  # fmt: skip
+def test_the_dashboard_command_fits_the_storage(url, command):
+    assert dashboard_command(url) == command
+
+
+@pytest.mark.slow  # optuna-dashboard takes 8-20 s to start here
+@pytest.mark.parametrize("journal", [False, True])
+def test_the_printed_dashboard_command_opens_the_study(journal, tmp_path):
+    """optuna-dashboard itself, started with the printed command, lists the study."""
+    pytest.importorskip("optuna_dashboard")
+    import optuna
+
+    from orchard_app.hpo.storage import default_url, open_storage
+
+    url = default_url(tmp_path / "my sweep", journal=journal)  # a space, as a path may have
+    (tmp_path / "my sweep").mkdir()
+    optuna.create_study(study_name="orchard", storage=open_storage(url)).ask()
+    port = free_port()
+    args = [*shlex.split(dashboard_command(url)), "--port", str(port), "--host", "127.0.0.1"]
+    args[0] = str(Path(sys.executable).with_name("optuna-dashboard"))
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        studies = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, "optuna-dashboard did not answer"
+        assert [s["study_name"] for s in studies] == ["orchard"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

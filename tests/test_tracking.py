@@ -119,16 +119,22 @@ def test_mlflow_run_records_config_epochs_results_and_files(tiny_npz, tmp_path, 
     assert params["training.epochs"] == "2" and float(params["optimizer.lr"]) == cfg.optimizer.lr
     assert params["optimizer.betas"] == "[0.9, 0.999]"
     assert params["dataset.augment.hflip"] == "False" and params["dataset.path"] == str(tiny_npz)
-    # per-epoch metrics (step = epoch) and final test metrics
-    history = client(db).get_metric_history(run.info.run_id, "val_accuracy")
+    # per-epoch metrics (step = epoch) and final test metrics, in groups: epoch/, test/, run/
+    history = client(db).get_metric_history(run.info.run_id, "epoch/val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [
         (h["epoch"], pytest.approx(h["val_accuracy"])) for h in metrics["history"]
     ]
     final = run.data.metrics
+    assert final["epoch/train_loss"] == pytest.approx(metrics["history"][-1]["train_loss"])
+    assert final["optimizer/lr"] == pytest.approx(metrics["history"][-1]["lr"])
     for name in ("accuracy", "auc", "macro_f1", "balanced_accuracy"):
-        assert final[f"test_{name}"] == pytest.approx(metrics["test"][name]), name
-    assert final["test_f1/0"] == pytest.approx(metrics["test"]["per_class"]["0"]["f1"])
-    assert final["best_epoch"] == metrics["best_epoch"]
+        assert final[f"test/{name}"] == pytest.approx(metrics["test"][name]), name
+    assert final["test/per_class/f1/0"] == pytest.approx(metrics["test"]["per_class"]["0"]["f1"])
+    assert final["run/best_epoch"] == metrics["best_epoch"]
+    assert final["run/best_val_accuracy"] == pytest.approx(metrics["monitor"]["best_value"])
+    # MLflow's "Model metrics" tab orders its groups by name: the learning curves come first
+    groups = sorted({key.rsplit("/", 1)[0] for key in final})
+    assert groups[0] == "epoch", groups
     # tags and artifacts
     tags = run.data.tags
     assert tags["dataset"] == "npz" and tags["model"] == "mini_cnn"
@@ -137,7 +143,8 @@ def test_mlflow_run_records_config_epochs_results_and_files(tiny_npz, tmp_path, 
     if IN_GIT_CHECKOUT:
         assert tags["git_commit"] == prov["git_commit"]
     files = {a.path for a in client(db).list_artifacts(run.info.run_id)}
-    assert files >= {"report.md", "metrics.json", "provenance.json", "requirements.txt", "logs"}
+    assert files >= {"report.md", "report.html", "metrics.json", "provenance.json",
+                     "requirements.txt", "logs"}  # fmt: skip
     assert artifact_json(run, "provenance.json")["status"] == "completed"  # logged once final
     assert (tmp_path / "mlartifacts").is_dir()  # the artifact store sits beside the DB
 
@@ -154,6 +161,7 @@ def test_failed_run_is_recorded_as_failed_in_provenance_and_mlflow(tmp_path, db)
     assert prov["finished"] is not None
     (run,) = mlflow_runs(db)
     assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.runName"] == "failed · run"  # seen in the runs table
     assert artifact_json(run, "provenance.json")["status"] == "failed"
     # the run dir is released and logging restored
     assert logging.getLogger().handlers == handlers
@@ -176,7 +184,8 @@ def test_sigterm_during_training_records_interrupted_and_mlflow_killed(tiny_npz,
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     (run,) = mlflow_runs(db)
     assert run.info.status == "KILLED"
-    steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "val_loss")]
+    assert run.data.tags["mlflow.runName"] == "interrupted · run"
+    steps = [m.step for m in client(db).get_metric_history(run.info.run_id, "epoch/val_loss")]
     assert steps == [1]
 
 
@@ -210,6 +219,104 @@ def test_sweep_jobs_share_one_parent_that_ends_with_the_last_job(tmp_path, db):
     assert job("FINISHED") == parent  # a later job (an Optuna trial) reopens the same parent
     other = join_sweep(mlflow, experiment, tmp_path / "multirun" / "2026-01-01" / "11-00-00")
     assert other != parent
+
+
+def study_config(db: Path, cwd: Path, **sweeper):
+    """The launcher's config of `-m hpo=quick optimizer.lr=choice(...) dataset=npz`, as the
+    study sweeper holds it (only the keys the study's page reads)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "tracking": {"name": "mlflow", "uri": f"sqlite:///{db}", "experiment": "orchard_app"},
+        "training": {"monitor": "val_accuracy", "monitor_mode": "auto"},
+        "dataset": {"name": "npz"}, "model": {"name": "mini_cnn"},
+        "hydra": {"runtime": {"cwd": str(cwd), "choices": {"hpo": "quick"}},
+                  "overrides": {"task": ["hpo=quick", "dataset=npz", "optimizer.lr=choice(0.1,0.01)",
+                                         "training.batch_size=32", f"tracking.uri=sqlite:///{db}"]},
+                  "sweeper": {"_target_": "orchard_app.hpo.sweeper.StudySweeper", "n_trials": 4,
+                              "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 42},
+                              "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 2},
+                              "params": {"optimizer.lr": "tag(log, interval(1e-4, 3e-2))",
+                                         "training.batch_size": "choice(32, 64)",
+                                         "model.dropout": "interval(0.0, 0.5)"}, **sweeper}},
+    })  # fmt: skip
+
+
+def test_the_study_parent_run_is_its_page_kept_current_as_trials_end(db, tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from orchard_app.tracking import update_sweep_page
+    from orchard_app.tracking.mlflow_store import connect
+    from orchard_app.tracking.mlflow_sweep import join_sweep
+    from orchard_app.tracking.sweep_page import page_name
+
+    config, sweep = study_config(db, tmp_path), tmp_path / "study"
+    mlflow, experiment, _ = connect(config.tracking)
+    parent = join_sweep(mlflow, experiment, sweep)  # as the first tracked trial makes it
+    (sweep / "figures").mkdir(parents=True)
+    for name in (
+        "study.csv",
+        "top_trials.md",
+        "best_config.yaml",
+        "figures/optimization_history.png",
+    ):
+        (sweep / name).write_text("x")
+    study = optuna.create_study(study_name="lr-search", direction="maximize")
+    lr = {"optimizer.lr": FloatDistribution(1e-4, 1e-1)}
+
+    def trial(state, value=None):
+        study.add_trial(create_trial(state=state, value=value, params={"optimizer.lr": 0.01},
+                                     distributions=lr, intermediate_values={1: 0.5}))  # fmt: skip
+
+    trial(TrialState.COMPLETE, 0.6)
+    trial(TrialState.PRUNED)
+    update_sweep_page(config, sweep, study=study)  # after the first batch
+    trial(TrialState.COMPLETE, 0.8)
+    trial(TrialState.FAIL)
+    trial(TrialState.COMPLETE, 0.7)
+    config.hydra.sweeper.n_trials = 6  # the same command again, continued to 6 trials
+    update_sweep_page(config, sweep, study=study)
+
+    run = mlflow.get_run(parent)
+    assert run.data.tags["mlflow.runName"] == "study lr-search · npz · mini_cnn · hpo=quick"
+    assert page_name(config, "npz-mini_cnn-quick") == "study npz-mini_cnn-quick"  # says it all
+    params = run.data.params
+    assert params["space.optimizer.lr"] == "choice(0.1,0.01)"  # the command line's search wins
+    assert params["space.model.dropout"] == "interval(0.0, 0.5)"
+    assert "space.training.batch_size" not in params  # fixed on the command line
+    assert params["fixed.training.batch_size"] == "32" and params["fixed.hpo"] == "quick"
+    assert not [k for k in params if "tracking" in k]  # machine settings are not the study
+    assert params["sampler"] == "TPESampler(seed=42)"
+    assert params["pruner"] == "MedianPruner(n_warmup_steps=2)"
+    assert params["direction"] == "maximize" and params["monitor"] == "val_accuracy"
+    assert params["n_trials"] == "4" and run.data.tags["now.n_trials"] == "6"
+    best = mlflow.get_metric_history(parent, "study/best_val_accuracy")
+    assert sorted((m.step, m.value) for m in best) == [
+        (0, 0.6),
+        (1, 0.6),
+        (2, 0.8),
+        (3, 0.8),
+        (4, 0.8),
+    ]  # fmt: skip  (each step once)
+    values = mlflow.get_metric_history(parent, "study/val_accuracy")
+    assert sorted((m.step, m.value) for m in values) == [(0, 0.6), (2, 0.8), (4, 0.7)]
+    metrics = run.data.metrics
+    assert (metrics["study/trials_completed"], metrics["study/trials_pruned"],
+            metrics["study/trials_failed"]) == (3, 1, 1)  # fmt: skip
+    files = {a.path for a in mlflow.list_artifacts(parent)}
+    assert files == {"study.csv", "top_trials.md", "best_config.yaml", "figures"}
+    assert run.info.status == "RUNNING"  # the jobs say how the sweep ended, not the page
+
+
+def test_a_sweep_page_needs_tracking_mlflow_and_never_imports_it_otherwise(tmp_path):
+    code = ("import sys\nfrom omegaconf import OmegaConf\nfrom orchard_app.tracking import "
+            "update_sweep_page\nupdate_sweep_page(OmegaConf.create({'tracking': {'name': 'none'}}),"
+            " '.', jobs=[])\nprint(sorted(m for m in sys.modules if m.startswith('mlflow')))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
 def test_tracking_uri_defaults_to_sqlite_in_the_start_dir_and_rejects_the_file_store(tmp_path):
@@ -287,6 +394,33 @@ def test_params_are_flat_json_for_lists_and_cut_to_mlflow_limits():
     assert flatten({"per_class": {"granulocytes (immature)": 1}}) == {
         "per_class.granulocytes _immature_": "1"
     }  # a key MLflow would reject
+
+
+def test_metric_names_group_in_the_ui_without_characters_mlflow_changes():
+    """BreastMNIST's class `normal, benign` once became the key `test_f1/normal_ benign`."""
+    from orchard_app.outcomes import Outcome
+    from orchard_app.tracking.mlflow_tracker import final_metrics, run_name
+    from orchard_app.tracking.names import epoch_metric
+
+    summary = {
+        "test": {"accuracy": 0.8, "per_class": {"normal, benign": {"f1": 0.9, "support": 12},
+                                                "granulocytes (immature)": {"f1": 0.5}}},
+        "monitor": {"name": "val_auc", "best_value": 0.95},
+        "best_epoch": 3, "epochs_run": 5, "train_seconds": 12.5,
+        "export": {"export/onnx_int8/batch_1_ms": 0.4},
+    }  # fmt: skip
+    assert final_metrics(summary) == {
+        "test/accuracy": 0.8, "test/per_class/f1/normal_benign": 0.9,
+        "test/per_class/support/normal_benign": 12.0,
+        "test/per_class/f1/granulocytes_immature": 0.5, "run/best_val_auc": 0.95,
+        "run/best_epoch": 3.0, "run/epochs_run": 5.0, "time/train_seconds": 12.5,
+        "export/onnx_int8/batch_1_ms": 0.4,
+    }  # fmt: skip
+    assert [epoch_metric(k) for k in ("train_loss", "val_macro_f1", "lr", "seconds")] == [
+        "epoch/train_loss", "epoch/val_macro_f1", "optimizer/lr", "time/epoch_seconds"]  # fmt: skip
+    assert run_name("3_npz_mini_cnn_abc123", Outcome.PRUNED, 2) == (
+        "pruned at epoch 2 · 3_npz_mini_cnn_abc123"
+    )
 
 
 # ---------------------------------------------------------------------- provenance
@@ -434,15 +568,26 @@ def test_multirun_with_mlflow_gives_one_parent_run_and_a_child_per_job(tiny_npz,
     assert len(runs) == 3 and len(children) == 2
     assert sorted(c.data.params["training.seed"] for c in children) == ["1", "2"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert all("test_accuracy" in c.data.metrics for c in children)
+    assert all("test/accuracy" in c.data.metrics for c in children)
+    from orchard_app.tracking.mlflow_store import local_path
+
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     assert parent.data.tags["sweep_dir"] == str(sweep.resolve())
     assert "training.seed=1,2" in parent.data.tags["sweep_overrides"]
+    # the grid's page: what it is, its swept and fixed values, its progress and summary table
+    assert parent.data.tags["mlflow.runName"] == "sweep training.seed=1,2 · npz · mini_cnn"
+    assert parent.data.params["space.training.seed"] == "1,2"
+    assert parent.data.params["fixed.training.epochs"] == "1"
+    assert parent.data.metrics["sweep/jobs_completed"] == 2
+    best = max(c.data.metrics["run/best_val_accuracy"] for c in children)
+    assert parent.data.metrics["sweep/best_val_accuracy"] == pytest.approx(best)
+    summary = (local_path(parent.info.artifact_uri) / "sweep_summary.txt").read_text()
+    assert summary.startswith(f"sweep {sweep}: 2 job(s): 2 completed")
     for child in children:
         prov = read_json(Path(child.data.tags["run_dir"]) / "provenance.json")
         assert prov["tracking"]["mlflow_parent_run_id"] == parent.info.run_id
     output = result.stdout + result.stderr
-    assert output.count("Launching 2 jobs locally") == 1
+    assert output.count("job #0 launched: seed=1") == 1 and "Launching" not in output
     # where to look, once, under the summary: the runs page in the UI's model-training view
     hint = f"MLflow: mlflow ui --backend-store-uri sqlite:///{db}, then open http://127.0.0.1:5000/"
     assert output.count(hint) == 1

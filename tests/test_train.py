@@ -52,6 +52,7 @@ def test_returns_the_monitored_value(tiny_npz, tmp_path):
     assert value == pytest.approx(metrics["history"][0]["val_loss"])
 
 
+@pytest.mark.slow  # twenty epochs of 1,257 images: a quarter of the fast suite's CPU time
 def test_default_run_learns_digits(tmp_path):
     """The embedded default (digits, mini_cnn, 20 epochs): what `make train` does."""
     value = train(

@@ -145,8 +145,12 @@ def _result(job: Any, sweep_dir: Path, num: int) -> JobReturn:
 
 
 def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobReturn:
+    """A job SLURM ended without a result. A cancelled one is the job's only row (the job
+    records no `interrupted` of its own on SLURM), said once: not on the log as well."""
+    if state == "CANCELLED":  # (its Reason is None)
+        why = f"SLURM job {job.job_id} was cancelled (scancel)"
+        return _failed(job, Outcome.CANCELLED, why, sweep_dir, num)
     outcome = Outcome.TIMEOUT if state == "TIMEOUT" else Outcome.FAILED
-    reason = reason or ("cancelled by scancel" if state == "CANCELLED" else "")  # (Reason=None)
     why = f"SLURM job {job.job_id} ended {state}" + (f" ({reason})" if reason else "")
     return _failed(job, outcome, why + " without a result", sweep_dir, num)
 
@@ -155,7 +159,8 @@ def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int) -
     from orchard_app.run.job_record import append_row
 
     logs = str(job.paths.stderr)
-    log.error("job #%d: %s; log: %s", num, error, logs)
+    if outcome != Outcome.CANCELLED:
+        log.error("job #%d: %s; log: %s", num, error, logs)
     run_dir = next((str(p) for p in sorted(sweep_dir.glob(f"{num}_*")) if p.is_dir()), None)
     append_row(sweep_dir, {"job": num, "outcome": outcome, "value": None, "error": error,
                            "run_dir": run_dir, "log": logs})  # fmt: skip

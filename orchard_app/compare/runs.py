@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +12,18 @@ from typing import Any
 
 import yaml
 
-from orchard_app.config.resolvers import experiment_view
+from orchard_app.config.resolvers import MACHINE_KEYS, hash_container
 from orchard_app.errors import CompareError
 from orchard_app.run.job_record import read_jobs
 from orchard_app.rundir import layout
+from orchard_app.rundir.provenance import read_provenance
 
-# Overrides that do not tell one experiment from another in a group's label (the dataset has
-# its own column; the seed is what a group averages over; the rest locate things).
-UNLABELLED = ("training.seed", "dataset", "dataset.root", "dataset.cache_dir", "dataset.download",
-              "dataset.mirror", "training.resume", "experiment", "hydra.")  # fmt: skip
+# Overrides that do not tell one experiment from another in a group's label: the dataset has
+# its own column, the seed is what a group averages over, the preset has its own name, and the
+# keys the config hash leaves out (MACHINE_KEYS: paths, tracking, resume, hpo, export) with
+# their subkeys, as the group's key leaves them out too; Hydra's own settings likewise.
+UNLABELLED = ("training.seed", "dataset", "experiment")  # these keys exactly
+UNLABELLED_TREES = (*MACHINE_KEYS, "hydra")  # these keys and everything under them
 
 
 @dataclass
@@ -98,10 +100,8 @@ def _unfinished_jobs(top: Path) -> list[str]:
 
 
 def _status(provenance: Path) -> str:
-    try:
-        return str(json.loads(provenance.read_text(encoding="utf-8")).get("status") or "unknown")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
+    record = read_provenance(provenance)
+    return str(record.get("status") or "unknown") if isinstance(record, dict) else "unknown"
 
 
 def _no_runs_message(given: str | Path, path: Path) -> str:
@@ -148,18 +148,18 @@ def read_run(path: Path) -> Run:
 def seedless_hash(config: dict[str, Any]) -> str:
     """What identifies an experiment across seeds: the recorded config without training.seed
     and without the machine keys (the run's config hash minus the seed)."""
-    view = experiment_view(config)
-    if isinstance(view.get("training"), dict):
-        view["training"].pop("seed", None)
-    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    training = config.get("training")
+    if isinstance(training, dict):
+        config = {**config, "training": {k: v for k, v in training.items() if k != "seed"}}
+    return hash_container(config)
 
 
 def _settings(overrides: list[str]) -> str:
     kept = []
     for o in overrides:
         key = str(o).split("=", 1)[0].lstrip("+~")
-        if not any(key == u or (u.endswith(".") and key.startswith(u)) for u in UNLABELLED):
+        tree = any(key == t or key.startswith(t + ".") for t in UNLABELLED_TREES)
+        if not tree and key not in UNLABELLED:
             kept.append(str(o))
     return " ".join(sorted(kept))
 

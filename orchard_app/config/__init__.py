@@ -19,8 +19,16 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def register(claim: Callable[[str], str] | None = None) -> None:
     """Make the schema and resolvers known to Hydra; safe to call more than once. `claim` is
     the run-dir claim behind `${orchard_unique:...}` (see `register_resolvers`)."""
+    from omegaconf import OmegaConf
+
+    from orchard_app.config.help import group_options
+
     register_schema()
     register_resolvers(claim)
+    OmegaConf.register_resolver(  # --help's option lists (conf/config.yaml hydra.help)
+        "orchard_options", lambda group, default=None: group_options(CONF_DIR, group, default),
+        replace=True,
+    )  # fmt: skip
 
 
 def null_group_choices(argv: list[str]) -> list[str]:

@@ -30,10 +30,9 @@ def class_names(ds: Any) -> list[str]:
     """The class names known before any data is read: MedMNIST's from medmnist.INFO, an image
     folder's from its class folders, an npz's from dataset.label_names (none otherwise)."""
     if ds.source == "medmnist":
-        from orchard_app.config.medmnist import medmnist_info
+        from orchard_app.config.medmnist import label_names
 
-        labels = medmnist_info().get(ds.name, {}).get("label", {})
-        return [labels[str(i)] for i in range(len(labels))]
+        return label_names(ds.name)
     if ds.source == "folder" and ds.get("path"):  # the class folders' names (a listing only)
         root = Path(os.path.expanduser(str(ds.path)))
         top = root / "train" if (root / "train").is_dir() else root

@@ -1,7 +1,7 @@
-"""What the installed medmnist release offers, from `medmnist.INFO`: its 2D datasets and the
-image sides they come in (the config's defaults and checks). data/medmnist_info.py reads the
-rest of the table (URLs, MD5s, labels, tasks). `import medmnist` imports torch (seconds), so the
-table is read from the package's info.py as a literal, without running that module.
+"""What the installed medmnist release offers, from `medmnist.INFO`: its 2D datasets, the image
+sides they come in (the config's defaults and checks), file names, URLs, MD5s, labels and tasks.
+Nothing here copies the table. `import medmnist` imports torch (seconds), so the table is read
+from the package's info.py as a literal, without running that module.
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 BASE_SIDE = 28  # the files without a size suffix (bloodmnist.npz); others are <name>_<side>.npz
+# Our task names; MedMNIST's own strings are the keys.
+TASK_FROM_INFO = {
+    "multi-class": "multi-class",
+    "binary-class": "binary",
+    "multi-label, binary-class": "multi-label",
+    "ordinal-regression": "ordinal",
+}
 
 
 @cache
@@ -40,3 +47,24 @@ def medmnist_sides() -> list[int]:
         *({int(k[4:]) for k in info if k.startswith("url_")} for info in infos)
     )
     return [BASE_SIDE, *sorted(sides)]
+
+
+def file_name(name: str, resolution: int) -> str:
+    """Official file name: bloodmnist.npz at 28 px, bloodmnist_64.npz at 64 px, ..."""
+    return f"{name}.npz" if resolution == BASE_SIDE else f"{name}_{resolution}.npz"
+
+
+def url_and_md5(name: str, resolution: int) -> tuple[str, str]:
+    info = medmnist_info()[name]
+    suffix = "" if resolution == BASE_SIDE else f"_{resolution}"
+    return info[f"url{suffix}"], info[f"MD5{suffix}"]
+
+
+def task_of(name: str) -> str:
+    return TASK_FROM_INFO[medmnist_info()[name]["task"]]
+
+
+def label_names(name: str) -> list[str]:
+    """The class names of a MedMNIST set, in label order (none for an unknown name)."""
+    labels = medmnist_info().get(name, {}).get("label", {})
+    return [labels[str(i)] for i in range(len(labels))]

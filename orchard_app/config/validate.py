@@ -30,7 +30,8 @@ class _Rules:
     def get(self, key: str):
         return OmegaConf.select(self.cfg, key, throw_on_missing=False)
 
-    def fail(self, key: str, value: object, allowed: str) -> None:
+    def fail(self, key: str, allowed: str) -> None:
+        value = self.get(key)
         self.problems.append(f"{key}={'null' if value is None else value}: {allowed}")
 
 
@@ -53,7 +54,6 @@ def _training(r: _Rules) -> None:
     if resume not in (None, "auto") and not Path(str(resume)).expanduser().is_file():
         r.fail(
             "training.resume",
-            resume,
             "no such file; pass the path of a checkpoint such as <run dir>/checkpoints/last.pt, "
             "or auto (continue the run in hydra.run.dir from its last.pt, if any)",
         )
@@ -65,7 +65,6 @@ def _optimizer(r: _Rules) -> None:
     ):
         r.fail(
             "optimizer.nesterov",
-            True,
             "needs optimizer=sgd with optimizer.momentum > 0; set optimizer.nesterov=false",
         )
 
@@ -74,11 +73,10 @@ def _scheduler(r: _Rules) -> None:
     warmup, epochs = r.get("scheduler.warmup_epochs"), r.get("training.epochs")
     number = isinstance(warmup, int | float) and math.isfinite(warmup)  # else walk.py said so
     if number and isinstance(epochs, int) and epochs >= 1 and warmup >= epochs:
-        r.fail("scheduler.warmup_epochs", warmup, "must be >= 0 and below training.epochs")
+        r.fail("scheduler.warmup_epochs", "must be >= 0 and below training.epochs")
     if warmup and r.get("scheduler.name") not in ("cosine", "onecycle"):
         r.fail(
             "scheduler.warmup_epochs",
-            warmup,
             "warmup is part of scheduler=cosine or onecycle; set it to 0 or pick one of them",
         )
 
@@ -88,17 +86,17 @@ def _dataset(r: _Rules) -> None:
     allowed = r.get("dataset.resolutions")
     if allowed is not None and res not in allowed:
         choices = ", ".join(str(a) for a in allowed)
-        r.fail("dataset.resolution", res, f"{name} is available at {choices} px; pick one of them")
+        r.fail("dataset.resolution", f"{name} is available at {choices} px; pick one of them")
     elif not isinstance(res, int) or not 8 <= res <= 1024:
-        r.fail("dataset.resolution", res, "must be an image side in pixels between 8 and 1024")
+        r.fail("dataset.resolution", "must be an image side in pixels between 8 and 1024")
     if source == "npz" and not r.get("dataset.path"):
-        r.fail("dataset.path", None, "dataset=npz needs the file: dataset.path=/path/to/data.npz")
+        r.fail("dataset.path", "dataset=npz needs the file: dataset.path=/path/to/data.npz")
     if source == "folder" and not r.get("dataset.path"):
-        r.fail("dataset.path", None, "dataset=folder needs the folder: dataset.path=/data/imgs")
+        r.fail("dataset.path", "dataset=folder needs the folder: dataset.path=/data/imgs")
     if source == "medmnist":
         names = medmnist_2d_names()
         if name not in names:
-            r.fail("dataset.name", name, "not a MedMNIST 2D dataset; one of " + ", ".join(names))
+            r.fail("dataset.name", "not a MedMNIST 2D dataset; one of " + ", ".join(names))
 
 
 def _flips(cfg: DictConfig) -> list[str]:
@@ -113,55 +111,34 @@ def _model(r: _Rules) -> None:
     arch, name = r.get("model.arch"), r.get("model.name")
     spec = REGISTRY.get(arch)
     if spec is None:
-        r.fail("model.arch", arch, "unknown builder; one of " + ", ".join(sorted(REGISTRY)))
+        r.fail("model.arch", "unknown builder; one of " + ", ".join(sorted(REGISTRY)))
     elif r.get("model.pretrained") and not spec.has_pretrained:
-        r.fail(
-            "model.pretrained",
-            True,
-            f"{name} has no pretrained weights; set model.pretrained=false",
-        )
+        r.fail("model.pretrained", f"{name} has no pretrained weights; set model.pretrained=false")
     weights = r.get("model.weights")
     if weights is not None and not r.get("model.pretrained"):
-        r.fail(
-            "model.weights", weights, "is read only with model.pretrained=true; set both or neither"
-        )
+        r.fail("model.weights", "is read only with model.pretrained=true; set both or neither")
     elif weights is not None and not Path(str(weights)).expanduser().is_file():
-        r.fail(
-            "model.weights", weights, "no such file; pass the path of a .pth or .safetensors file"
-        )
+        r.fail("model.weights", "no such file; pass the path of a .pth or .safetensors file")
     if spec is not None and r.get("model.drop_path") and not spec.has_drop_path:
-        r.fail(
-            "model.drop_path",
-            r.get("model.drop_path"),
-            f"{name} has no stochastic depth; set model.drop_path=0",
-        )
+        r.fail("model.drop_path", f"{name} has no stochastic depth; set model.drop_path=0")
     res, allowed = r.get("dataset.resolution"), r.get("model.resolutions")
     if allowed is not None and res not in allowed:
         need = ", ".join(str(a) for a in allowed)
         r.fail(
             "dataset.resolution",
-            res,
             f"{name} takes {need} px inputs; use dataset.resolution={allowed[-1]} or another model",
         )
 
 
 def _hardware(r: _Rules) -> None:
-    if (
-        r.get("hardware.amp")
-        and r.get("hardware.amp_dtype") == "fp16"
-        and r.get("hardware.device") == "cpu"
-    ):
+    cpu = r.get("hardware.device") == "cpu"
+    if r.get("hardware.amp") and r.get("hardware.amp_dtype") == "fp16" and cpu:
         r.fail(
             "hardware.amp_dtype",
-            "fp16",
             "fp16 autocast needs CUDA; on CPU use hardware.amp_dtype=bf16 (or auto)",
         )
-    if r.get("hardware.backend") == "nccl" and r.get("hardware.device") == "cpu":
-        r.fail(
-            "hardware.backend",
-            "nccl",
-            "NCCL needs CUDA; on CPU use hardware.backend=gloo (or auto)",
-        )
+    if r.get("hardware.backend") == "nccl" and cpu:
+        r.fail("hardware.backend", "NCCL needs CUDA; on CPU use hardware.backend=gloo (or auto)")
     if r.get("hardware.distributed"):
         _distributed(r)
 
@@ -171,7 +148,7 @@ def _distributed(r: _Rules) -> None:
     device = str(r.get("hardware.device"))
     if re.fullmatch(r"cuda:\d+", device):
         r.fail(
-            "hardware.device", device,
+            "hardware.device",
             "with hardware.distributed=true each process uses cuda:<LOCAL_RANK>; "
             "set hardware.device=cuda (or auto)",
         )  # fmt: skip
@@ -180,7 +157,7 @@ def _distributed(r: _Rules) -> None:
     if world > 1 and isinstance(bs, int) and 1 <= bs < each * world:
         why = "" if each == 1 else " (BatchNorm without hardware.sync_batchnorm needs 2)"
         r.fail(
-            "training.batch_size", bs,
+            "training.batch_size",
             f"is the global batch, split across the {world} processes of this launch, and each "
             f"process needs at least {each} sample(s) of it{why}; use training.batch_size>="
             f"{each * world} or start fewer processes",

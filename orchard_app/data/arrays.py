@@ -53,9 +53,12 @@ def read_npz(path: Path, hint: str) -> dict[str, np.ndarray]:
             "uncompressed on-disk cache instead"
         ) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
-        raise DataError(
-            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). {hint}"
-        ) from None
+        raise _corrupt(path, e, hint) from None
+
+
+def _corrupt(path: Path, e: BaseException, hint: str = "") -> DataError:
+    why = f"{type(e).__name__}: {e}"
+    return DataError(f"{path} is corrupt or truncated and cannot be read ({why}). {hint}".strip())
 
 
 def _refuse_missing(names: list[str], path: Path, hint: str) -> None:
@@ -102,7 +105,7 @@ def npz_member_sizes(path: Path) -> dict[str, int]:
         with zipfile.ZipFile(path) as zf:
             return {i.filename.removesuffix(".npy"): i.file_size for i in zf.infolist()}
     except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path} is corrupt or truncated and cannot be read ({e}).") from None
+        raise _corrupt(path, e) from None
 
 
 def check_layout(
@@ -148,22 +151,18 @@ def check_layout(
                     f"{split} has {counts.get(split)} samples; the official release has {expected_counts[split]}"
                 )
     if problems:
-        raise DataError(_problem_text(where, problems))
+        raise _invalid(where, *problems)
 
     height, width, channels = shapes["train"]
     if height != width:
-        raise DataError(
-            _problem_text(where, [f"images are {height}x{width}; only square images are supported"])
-        )
+        raise _invalid(where, f"images are {height}x{width}; only square images are supported")
     label_width = {
         s: (arrays[f"{s}_labels"].shape[1] if arrays[f"{s}_labels"].ndim == 2 else 1)
         for s in SPLITS
     }
     all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(counts[s], -1) for s in SPLITS])
     if len(set(label_width.values())) > 1:
-        raise DataError(
-            _problem_text(where, [f"label widths differ between splits: {label_width}"])
-        )
+        raise _invalid(where, f"label widths differ between splits: {label_width}")
     lo, hi = int(all_labels.min()), int(all_labels.max())
     if task is None:
         task = (
@@ -172,44 +171,21 @@ def check_layout(
     if task == "multi-label":
         n = label_width["train"]
         if lo < 0 or hi > 1:
-            raise DataError(
-                _problem_text(where, [f"multi-label targets must be 0/1, found values {lo}..{hi}"])
-            )
+            raise _invalid(where, f"multi-label targets must be 0/1, found values {lo}..{hi}")
         if num_classes is not None and n != num_classes:
-            raise DataError(
-                _problem_text(where, [f"{n} labels per sample, expected {num_classes}"])
-            )
+            raise _invalid(where, f"{n} labels per sample, expected {num_classes}")
     else:
         if label_width["train"] != 1:
-            raise DataError(
-                _problem_text(
-                    where,
-                    [f"{task} labels must be one integer per sample, found {label_width['train']}"],
-                )
-            )
+            width = label_width["train"]
+            raise _invalid(where, f"{task} labels must be one integer per sample, found {width}")
         n = num_classes if num_classes is not None else hi + 1
         if lo < 0 or hi >= n:
-            raise DataError(
-                _problem_text(
-                    where, [f"labels span {lo}..{hi} but there are {n} classes (0..{n - 1})"]
-                )
-            )
+            raise _invalid(where, f"labels span {lo}..{hi} but there are {n} classes (0..{n - 1})")
         if n < 2:
-            raise DataError(
-                _problem_text(
-                    where, ["labels have a single class; classification needs at least 2"]
-                )
-            )
+            raise _invalid(where, "labels have a single class; classification needs at least 2")
         if num_classes is None:  # inferred from the largest label: every class must be seen
             _refuse_unseen(arrays["train_labels"].reshape(-1), n, lo, hi, where)
-    return Layout(
-        task=task,
-        num_classes=int(n),
-        channels=int(channels),
-        height=int(height),
-        width=int(width),
-        counts=counts,
-    )
+    return Layout(task, int(n), int(channels), int(height), int(width), counts)
 
 
 def _refuse_unseen(train: np.ndarray, n: int, lo: int, hi: int, where: str) -> None:
@@ -217,17 +193,13 @@ def _refuse_unseen(train: np.ndarray, n: int, lo: int, hi: int, where: str) -> N
     unseen = np.flatnonzero(np.bincount(train.astype(np.int64), minlength=n) == 0)
     if unseen.size:
         classes, seen = _listing(unseen), _listing(np.unique(train))
-        raise DataError(
-            _problem_text(
-                where,
-                [
-                    f"class{'es' if unseen.size > 1 else ''} {classes} "
-                    f"{'have' if unseen.size > 1 else 'has'} no training sample; labels span "
-                    f"{lo}..{hi} but train_labels holds only {seen}. Fix the stray labels, or "
-                    f"declare all {n} classes with dataset.label_names=[...] if some are "
-                    "meant to be absent from training"
-                ],
-            )
+        raise _invalid(
+            where,
+            f"class{'es' if unseen.size > 1 else ''} {classes} "
+            f"{'have' if unseen.size > 1 else 'has'} no training sample; labels span "
+            f"{lo}..{hi} but train_labels holds only {seen}. Fix the stray labels, or "
+            f"declare all {n} classes with dataset.label_names=[...] if some are "
+            "meant to be absent from training",
         )
 
 
@@ -236,8 +208,9 @@ def _listing(values: np.ndarray, most: int = 12) -> str:
     return text + (f", … ({len(values)} in all)" if len(values) > most else "")
 
 
-def _problem_text(where: str, problems: list[str]) -> str:
-    return f"{where} is not a valid dataset file:\n" + "\n".join(f"  - {p}" for p in problems)
+def _invalid(where: str, *problems: str) -> DataError:
+    lines = "".join(f"\n  - {p}" for p in problems)
+    return DataError(f"{where} is not a valid dataset file:{lines}")
 
 
 def uncompressed_cache(path: Path, cache_root: Path, hint: str = "") -> dict[str, np.ndarray]:
@@ -261,9 +234,7 @@ def uncompressed_cache(path: Path, cache_root: Path, hint: str = "") -> dict[str
                         _stream_member(zf, path, key, dest, hint)
         return {key: np.load(dest, mmap_mode="r") for key, dest in dests.items()}
     except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
-        raise DataError(
-            f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). {hint}"
-        ) from None
+        raise _corrupt(path, e, hint) from None
 
 
 def _stream_member(

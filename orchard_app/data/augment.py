@@ -19,11 +19,8 @@ import torch.nn.functional as F
 class BatchAugment:
     def __init__(self, aug, channels: int):
         self.hflip, self.vflip = bool(aug.hflip), bool(aug.vflip)
-        self.rotation, self.translate, self.scale = (
-            float(aug.rotation),
-            float(aug.translate),
-            float(aug.scale),
-        )
+        self.rotation, self.translate = float(aug.rotation), float(aug.translate)
+        self.scale = float(aug.scale)
         self.rrc, self.crop_min = bool(aug.random_resized_crop), float(aug.crop_scale_min)
         self.jitter = float(aug.color_jitter)
         self.channels = channels
@@ -80,20 +77,14 @@ class BatchAugment:
             cx = _uniform(b, g, -1.0, 1.0) * (1 - w)
             cy = _uniform(b, g, -1.0, 1.0) * (1 - h)
             crop = torch.zeros(b, 3, 3)
-            crop[:, 0, 0], crop[:, 1, 1], crop[:, 0, 2], crop[:, 1, 2], crop[:, 2, 2] = (
-                w,
-                h,
-                cx,
-                cy,
-                1,
-            )
+            crop[:, 0, 0], crop[:, 1, 1], crop[:, 2, 2] = w, h, 1
+            crop[:, 0, 2], crop[:, 1, 2] = cx, cy
             m = crop @ m
         if self.rotation > 0 or self.scale > 0 or self.translate > 0:
             angle = _uniform(b, g, -self.rotation, self.rotation) * (math.pi / 180)
             zoom = _uniform(b, g, 1 - self.scale, 1 + self.scale)
-            shift = (
-                _uniform(2 * b, g, -self.translate, self.translate).view(b, 2) * 2
-            )  # [-1, 1] spans the side
+            # [-1, 1] spans the side
+            shift = _uniform(2 * b, g, -self.translate, self.translate).view(b, 2) * 2
             cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
             warp = torch.zeros(b, 3, 3)
             warp[:, 0, 0], warp[:, 0, 1], warp[:, 1, 0], warp[:, 1, 1] = cos, -sin, sin, cos
@@ -107,10 +98,8 @@ class BatchAugment:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * p["contrast"].view(shape).to(x) + mean
         if "saturation" in p:
-            weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(
-                1, 3, 1, 1
-            )
-            gray = (x * weights).sum(dim=1, keepdim=True)
+            luma = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+            gray = (x * luma.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
             x = (x - gray) * p["saturation"].view(shape).to(x) + gray
         return x.clamp(0, 1)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchard_app.data import medmnist_info as mi
+from orchard_app.config import medmnist as mi
 from orchard_app.data.arrays import (
     SPLITS,
     check_layout,
@@ -95,13 +95,8 @@ def load_dataset(ds, seed: int) -> DataBundle:
     if ds.source == "digits":
         from orchard_app.data.digits import LABEL_NAMES, digits_arrays
 
-        arrays, names, where, task, num_classes = (
-            digits_arrays(resolution),
-            LABEL_NAMES,
-            "digits",
-            "multi-class",
-            10,
-        )
+        arrays, names, where = digits_arrays(resolution), LABEL_NAMES, "digits"
+        task, num_classes = "multi-class", 10
     elif ds.source == "folder":
         from orchard_app.data.image_folder import folder_arrays
 
@@ -133,10 +128,8 @@ def load_dataset(ds, seed: int) -> DataBundle:
             hint = "Rewrite it with numpy.savez / savez_compressed."
         file, where = str(path), str(path)
         if memmap is None:
-            memmap = (
-                sum(v for k, v in npz_member_sizes(path).items() if k.endswith("_images"))
-                > MEMMAP_AUTO_BYTES
-            )
+            sizes = npz_member_sizes(path)
+            memmap = sum(v for k, v in sizes.items() if k.endswith("_images")) > MEMMAP_AUTO_BYTES
         cache = writable_dir(cache_dir, "dataset.cache_dir") / "npy" if memmap else None
         try:
             arrays = uncompressed_cache(path, cache, hint) if cache else read_npz(path, hint)
@@ -148,9 +141,7 @@ def load_dataset(ds, seed: int) -> DataBundle:
         if ds.source == "npz" and names is not None:
             num_classes = len(names)
 
-    layout = check_layout(
-        arrays, where, task=task, num_classes=num_classes, expected_counts=expected
-    )
+    layout = check_layout(arrays, where, task, num_classes, expected)
     if layout.height != resolution:
         raise DataError(
             f"{where} holds {layout.height}x{layout.width} images but dataset.resolution={resolution}; "
@@ -162,13 +153,12 @@ def load_dataset(ds, seed: int) -> DataBundle:
         raise DataError(
             f"dataset.label_names has {len(names)} names but {where} has {layout.num_classes} classes"
         )
-    in_chans = 3 if ds.force_rgb else layout.channels
     info = DatasetInfo(
         name=str(ds.name),
         task=layout.task,
         num_classes=layout.num_classes,
         channels=layout.channels,
-        in_chans=in_chans,
+        in_chans=3 if ds.force_rgb else layout.channels,
         resolution=resolution,
         label_names=tuple(names),
         counts=layout.counts,
@@ -201,12 +191,8 @@ def _to_split(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Spli
         t = torch.from_numpy(np.ascontiguousarray(images))
         data = (t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)).contiguous()
     labels = labels.reshape(len(labels), -1)
-    y = (
-        torch.from_numpy(labels.astype(np.float32))
-        if info.multilabel
-        else torch.from_numpy(labels[:, 0].astype(np.int64))
-    )
-    return Split(images=data, labels=y)
+    y = labels.astype(np.float32) if info.multilabel else labels[:, 0].astype(np.int64)
+    return Split(images=data, labels=torch.from_numpy(y))
 
 
 def _cap(split: Split, n: int, seed: int, info: DatasetInfo) -> Split:

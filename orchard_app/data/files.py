@@ -18,8 +18,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from orchard_app.atomic import atomic_write
+from orchard_app.config.medmnist import file_name, url_and_md5
 from orchard_app.data.folders import not_a_file, writable_dir
-from orchard_app.data.medmnist_info import file_name, url_and_md5
 from orchard_app.errors import DataError, first_line
 
 log = logging.getLogger(__name__)

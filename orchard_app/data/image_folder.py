@@ -223,12 +223,7 @@ def _decoded(paths: list[str], side: int, mode: str):
     try:
         for a in range(0, len(paths), window):
             part = paths[a : a + window]
-            yield from pool.map(
-                _decode,
-                part,
-                repeat(side),
-                repeat(mode),
-                chunksize=max(1, len(part) // (4 * cores)),
-            )
+            chunk = max(1, len(part) // (4 * cores))
+            yield from pool.map(_decode, part, repeat(side), repeat(mode), chunksize=chunk)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

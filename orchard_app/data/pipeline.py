@@ -28,11 +28,9 @@ class BatchPipeline:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if device.type == "cuda":
             for split in (data.train, data.val, data.test):
-                if (
-                    isinstance(split.images, torch.Tensor)
-                    and split.images.numel() < RESIDENT_MAX_BYTES
-                ):
-                    split.images = split.images.to(device)
+                images = split.images
+                if isinstance(images, torch.Tensor) and images.numel() < RESIDENT_MAX_BYTES:
+                    split.images = images.to(device)
                     split.labels = split.labels.to(device)
 
     def epoch_order(self, g: torch.Generator) -> torch.Tensor:
@@ -59,7 +57,7 @@ class BatchPipeline:
             idx = idx[part]
             draws = None if draws is None else {k: v[part] for k, v in draws.items()}
         x, y = self._gather(self.data.train, idx)
-        x = self._to_float(x)
+        x = self.preprocess.scale(x)
         if draws is not None:
             x = self.augment.apply(x, draws)
         return self._normalise(x), y
@@ -72,18 +70,11 @@ class BatchPipeline:
         for start in range(first, end, batch_size):
             idx = torch.arange(start, min(start + batch_size, end))
             x, y = self._gather(split, idx)
-            yield self._normalise(self._to_float(x)), y
+            yield self._normalise(self.preprocess.scale(x)), y
 
     def _gather(self, split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = split.rows(idx)
-        y = split.labels[idx.to(split.labels.device)]
-        non_blocking = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=non_blocking), y.to(
-            self.device, non_blocking=non_blocking
-        )
-
-    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        return self.preprocess.scale(x)
+        to = {"device": self.device, "non_blocking": self.device.type == "cuda"}
+        return split.rows(idx).to(**to), split.labels[idx.to(split.labels.device)].to(**to)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return self.preprocess.normalise(x).contiguous(memory_format=self.memory_format)

@@ -121,6 +121,19 @@ class ProcessGroup(SingleProcess):
                 "overrides (torchrun --nproc_per_node=N, or SLURM tasks)"
             ])  # fmt: skip
 
+    def agree_on_data(self, sizes: dict[str, int]) -> None:
+        """Refuse processes that read different data (another file at the same path on one
+        node): with another number of steps per epoch they would wait for each other forever."""
+        everyone = self.all_gather_object(sizes)
+        differ = [k for k in sizes if len({s.get(k) for s in everyone}) > 1]
+        if differ:
+            shown = "; ".join(f"{k} " + " / ".join(str(s.get(k)) for s in everyone) for k in differ)
+            raise ConfigError([
+                f"the {self.world_size} processes of this run read different data (rank by rank: "
+                f"{shown}); every process must read the same dataset files: check dataset.path "
+                "and dataset.root (ORCHARD_DATA_DIR) on each node"
+            ])  # fmt: skip
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)

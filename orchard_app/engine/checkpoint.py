@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from orchard_app.atomic import atomic_path
-from orchard_app.errors import CheckpointError, StorageError, first_line
+from orchard_app.errors import CheckpointError, StorageError, cause
 from orchard_app.rundir.layout import LAST_CHECKPOINT
 
 FORMAT = 1
@@ -117,8 +117,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     except Exception as e:  # truncated, or not a torch file at all
         raise CheckpointError(
-            f"{path} cannot be read as an orchard_app checkpoint ({type(e).__name__}: "
-            f"{first_line(e, most=10_000)})"
+            f"{path} cannot be read as an orchard_app checkpoint ({cause(e, most=10_000)})"
         ) from None
     if not isinstance(ckpt, dict) or "fingerprint" not in ckpt or "model" not in ckpt:
         raise CheckpointError(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from orchard_app.engine.checkpoint import check_compatible, load_checkpoint
-from orchard_app.errors import CheckpointError, first_line
+from orchard_app.errors import CheckpointError, cause
 
 log = logging.getLogger("orchard_app.engine")
 
@@ -117,9 +117,8 @@ def restore(engine, path: Path) -> None:
         set_rng_state(own, engine.gen)
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise CheckpointError(
-            f"{path} is not a complete checkpoint of this run ({type(e).__name__}: "
-            f"{first_line(e, most=10_000)}).\n  Resume from the last.pt that this run wrote, or drop "
-            "training.resume to start fresh."
+            f"{path} is not a complete checkpoint of this run ({cause(e, most=10_000)}).\n"
+            "  Resume from the last.pt that this run wrote, or drop training.resume to start fresh."
         ) from None
     engine.best_model_state = best_model
     engine.resumed_from = str(path)

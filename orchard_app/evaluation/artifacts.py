@@ -61,17 +61,12 @@ def write_predictions(path: Path, task: str, labels: np.ndarray, probs: np.ndarr
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         if task == "multi-label":
-            w.writerow(
-                ["index"]
-                + [f"true_{c}" for c in cols]
-                + [f"pred_{c}" for c in cols]
-                + [f"prob_{c}" for c in cols]
-            )
+            w.writerow(["index", *(f"{k}_{c}" for k in ("true", "pred", "prob") for c in cols)])
             for i in range(len(labels)):
                 w.writerow([i, *labels[i].astype(int), *pred[i], *(f"{p:.6f}" for p in probs[i])])
         else:
             w.writerow(
-                ["index", "true", "true_name", "pred", "pred_name"] + [f"prob_{c}" for c in cols]
+                ["index", "true", "true_name", "pred", "pred_name", *(f"prob_{c}" for c in cols)]
             )
             for i in range(len(labels)):
                 t, p = int(labels[i]), int(pred[i])

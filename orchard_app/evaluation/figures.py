@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from orchard_app.atomic import atomic_path
+
 DPI = 110
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,10 +25,14 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: Path) -> None:
+def save(fig, path: Path, title: str | None = None) -> None:
+    """A figure as a PNG, written atomically, then closed."""
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    pyplot().close(fig)
 
 
 def _short(name: str, n: int = 22) -> str:
@@ -36,7 +42,7 @@ def _short(name: str, n: int = 22) -> str:
 def training_curves(
     path: Path, history: list[dict[str, Any]], monitor: str, best_epoch: int | None
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
@@ -58,11 +64,11 @@ def training_curves(
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(plt, fig, path)
+    save(fig, path)
 
 
 def confusion_matrix(path: Path, cm: np.ndarray, names: list[str]) -> None:
-    plt = _plt()
+    plt = pyplot()
     n = len(names)
     size = max(4.5, 0.55 * n + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -82,7 +88,7 @@ def confusion_matrix(path: Path, cm: np.ndarray, names: list[str]) -> None:
             for j in range(n):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7 if n > 10 else 8,
                         color="white" if row[i, j] > 0.5 else "black")  # fmt: skip
-    _save(plt, fig, path)
+    save(fig, path)
 
 
 def roc_curves(
@@ -90,7 +96,7 @@ def roc_curves(
 ) -> None:
     from sklearn.metrics import auc, roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5.2))
     if task == "binary":
         curves = [(names[1], labels == 1, probs[:, 1])]
@@ -109,13 +115,13 @@ def roc_curves(
            xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
     ax.legend(fontsize=7, loc="lower right", title="class (AUC)", title_fontsize=7)
     ax.grid(alpha=0.3)
-    _save(plt, fig, path)
+    save(fig, path)
 
 
 def sample_grid(path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
                 names: list[str], task: str) -> None:  # fmt: skip
     """Test images with true and predicted labels (green = right, red = wrong); images N x C x H x W uint8."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     cols = min(8, n)
     rows = int(np.ceil(n / cols))
@@ -138,11 +144,11 @@ def sample_grid(path: Path, images: np.ndarray, labels: np.ndarray, probs: np.nd
             text = f"T: {_short(names[t], 16)}\nP: {_short(names[p], 16)} {probs[k, p]:.2f}"
         ax.set_title(text, fontsize=7, color="tab:green" if ok else "tab:red", loc="left")
     fig.suptitle("Test samples: T = true, P = predicted (probability)", fontsize=9)
-    _save(plt, fig, path)
+    save(fig, path)
 
 
 def per_label_auc(path: Path, aucs: dict[str, float]) -> None:
-    plt = _plt()
+    plt = pyplot()
     names = list(aucs)
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4))
     ax.barh(range(len(names)), [aucs[n] for n in names], color="tab:blue")
@@ -150,4 +156,4 @@ def per_label_auc(path: Path, aucs: dict[str, float]) -> None:
     ax.set(xlim=(0.4, 1), xlabel="AUC", title="AUC per label (test)")
     ax.axvline(0.5, color="gray", ls="--", lw=0.8)
     ax.invert_yaxis()
-    _save(plt, fig, path)
+    save(fig, path)

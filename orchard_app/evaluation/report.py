@@ -1,5 +1,5 @@
 """report.md: one page that ties a run's config, metrics and figures together (written
-atomically, as is its export section)."""
+atomically, as is its export section), and report.html, the same with its figures embedded."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from orchard_app.atomic import atomic_write
+from orchard_app.evaluation.report_html import write_html
 from orchard_app.evaluation.summary import RunSummary
 from orchard_app.rundir.layout import EXPORTS_DIR, ONNX_INT8
 
@@ -116,6 +117,7 @@ def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figure
         "",
     ]
     atomic_write(path, "\n".join(lines))
+    write_html(path)
 
 
 EXPORT_BEGIN, EXPORT_END = "<!-- export -->", "<!-- /export -->"
@@ -196,3 +198,4 @@ def update_export_section(path: Path, bench: dict[str, Any], folder: str = EXPOR
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write(path, text)
+    write_html(path)

@@ -15,6 +15,7 @@ from torch import nn
 
 from orchard_app.atomic import atomic_path
 from orchard_app.errors import ModelError
+from orchard_app.evaluation.figures import pyplot, save
 
 _NOT_SPATIAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -84,7 +85,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def grid_figure(path: Path, images: np.ndarray, cams: np.ndarray, titles: list[str]) -> None:
     """Each image next to its overlay, four pairs a row."""
-    plt = _plt()
+    plt = pyplot()
     n, cols = len(images), min(4, len(images))
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
@@ -95,7 +96,7 @@ def grid_figure(path: Path, images: np.ndarray, cams: np.ndarray, titles: list[s
         _show(ax_img, images[k])
         ax_cam.imshow(overlay(images[k], cams[k]))
         ax_img.set_title(titles[k], fontsize=7, loc="left")
-    _save(fig, path, "Grad-CAM: image, and where the predicted class's score has large gradients")
+    save(fig, path, "Grad-CAM: image, and where the predicted class's score has large gradients")
 
 
 def saliency_figure(model, images, labels, probs, names, out_path: Path, per_side: int = 8) -> None:
@@ -110,7 +111,7 @@ def saliency_figure(model, images, labels, probs, names, out_path: Path, per_sid
         np.sort(rng.permutation(np.flatnonzero(right == ok))[:per_side]) for ok in (True, False)
     ]
     rows = max(1, *(len(s) for s in sides))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(rows, 4, figsize=(7.0, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -130,7 +131,7 @@ def saliency_figure(model, images, labels, probs, names, out_path: Path, per_sid
                 f"T: {true}\nP: {names[classes[r]]} {probs[i, classes[r]]:.2f}", fontsize=6,
                 loc="left", color="tab:green" if right[i] else "tab:red",
             )  # fmt: skip
-    _save(fig, out_path, "Grad-CAM of test images: correct (left) and wrong (right) predictions")
+    save(fig, out_path, "Grad-CAM of test images: correct (left) and wrong (right) predictions")
 
 
 def _label_text(label, names, multilabel: bool) -> str:
@@ -141,17 +142,3 @@ def _label_text(label, names, multilabel: bool) -> str:
 def _show(ax, image: np.ndarray) -> None:
     ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0),
               cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=255)  # fmt: skip
-
-
-def _plt():
-    from orchard_app.evaluation.figures import _plt
-
-    return _plt()
-
-
-def _save(fig, path: Path, title: str) -> None:
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    _plt().close(fig)

@@ -10,11 +10,10 @@ checkpoint has them), so this works offline; writes <run dir>/exports/ and the r
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from orchard_app.errors import OrchardError, print_error
-from orchard_app.export.trained import resolve_target, saved_config
+from orchard_app.errors import command
+from orchard_app.export.trained import resolve_target, trained_config
 from orchard_app.rundir import layout
 
 PROG = "python -m orchard_app.export"
@@ -22,24 +21,14 @@ PROG = "python -m orchard_app.export"
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
+    with command("orchard_app.export"):
         run(args.target, args.overrides, show_cfg=args.cfg)
-    except OrchardError as e:
-        print_error(e, prog="orchard_app.export")
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:
-        print("\norchard_app.export: interrupted; no half-written file was kept.",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise SystemExit(130) from None
 
 
 def run(target: str, overrides: list[str], show_cfg: bool = False) -> dict | None:
     """Export `target` (a run directory or a checkpoint file); returns benchmark.json's content."""
     checkpoint, run_dir = resolve_target(Path(target).expanduser())
-    saved, source, ckpt = saved_config(checkpoint, run_dir)
-    from orchard_app.config.saved import compose_saved
-
-    cfg = compose_saved(saved, overrides, source)
+    cfg, ckpt = trained_config(checkpoint, run_dir, overrides)
     if show_cfg:
         from omegaconf import OmegaConf
 
@@ -105,17 +94,23 @@ def _warn_about_the_run(run_dir: Path, checkpoint: Path, ckpt: dict) -> None:
 
 def _track(run_dir: Path, bench: dict) -> None:
     """Add the exports to the run's MLflow run, as `train()` logs them with export.enabled."""
-    import json
     import os
 
-    tracking = json.loads((run_dir / layout.PROVENANCE).read_text()).get("tracking") or {}
+    from orchard_app.rundir.provenance import read_provenance
+
+    tracking = (read_provenance(run_dir / layout.PROVENANCE) or {}).get("tracking") or {}
     if "mlflow_run_id" not in tracking:
         return
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our handlers route its lines
     from orchard_app.export.pipeline import summary_metrics
     from orchard_app.tracking.mlflow_tracker import EXPORT_ARTIFACTS, add_to_run
 
-    add_to_run(tracking, run_dir, [*EXPORT_ARTIFACTS, layout.REPORT], summary_metrics(bench))
+    add_to_run(
+        tracking,
+        run_dir,
+        [*EXPORT_ARTIFACTS, layout.REPORT, layout.REPORT_HTML],
+        summary_metrics(bench),
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import torch
 from orchard_app.data.dataset import DataBundle, load_dataset
 from orchard_app.data.preprocess import Preprocess
 from orchard_app.engine.checkpoint import check_compatible, fingerprint, load_checkpoint
-from orchard_app.errors import CheckpointError, first_line
+from orchard_app.errors import CheckpointError, cause
 from orchard_app.models import build_for_data
 
 
@@ -53,7 +53,6 @@ def model_from_checkpoint(cfg, info, ckpt: dict[str, Any], checkpoint: Path,
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(
-            f"{checkpoint}: its weights do not load into {cfg.model.name} "
-            f"({type(e).__name__}: {first_line(e, most=200)})"
+            f"{checkpoint}: its weights do not load into {cfg.model.name} ({cause(e, most=200)})"
         ) from None
     return model

@@ -27,12 +27,13 @@ class Deployable(nn.Module):
         return probs / probs.sum(1, keepdim=True)
 
 
-def torch_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """The module as a predictor on numpy batches (what an onnxruntime session is, too)."""
+def torch_predictor(module: nn.Module, device="cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """The module (on `device`) as a predictor on numpy batches (what an onnxruntime session
+    is, too)."""
     module.eval()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(batch)).numpy()
+            return module(torch.from_numpy(batch).to(device)).cpu().numpy()
 
     return predict

@@ -64,12 +64,6 @@ def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def unsupported_operation(error: BaseException) -> str | None:
     """The operator the exporter had no ONNX translation for, e.g. `aten.cummax`, if named."""
     patterns = (

@@ -1,15 +1,8 @@
-"""The deployment export of a trained run: `export_run(cfg, checkpoint, out_dir)`.
-
-Composed from the one assembly (`export.assemble.assemble_export`: data, the pipeline's own
-preprocessing module, the checkpoint's model rebuilt without pretrained weights), the export
-steps (`orchard_app/export`) and the one evaluation function (`evaluate_predictor`, the same
-for a PyTorch module and an onnxruntime session). Used by `train()` with `export.enabled=true`
-(after training, main process only) and by `python -m orchard_app.export <run dir>`.
-
-Writes <out_dir>/model.onnx (fp32), model_int8.onnx (static INT8) and benchmark.json, each
-atomically; model.onnx only after it passed the numerical check (or with export.strict=false).
-`export_run` is the list of steps, one function each: prepare, export fp32 (+ check), quantize
-INT8 (+ check), benchmark, write benchmark.json and the report section.
+"""`export_run(cfg, checkpoint, out_dir)`, the deployment export of a trained run, is the list of
+its steps, one function each, sharing an `ExportJob`: prepare (the one assembly, see
+export/assemble.py), export fp32 and check it, quantize INT8 and check it, benchmark, then write
+benchmark.json and the report section. Each file is written atomically; model.onnx only after it
+passed the numerical check (or with export.strict=false).
 """
 
 from __future__ import annotations
@@ -40,11 +33,10 @@ from orchard_app.export.quantize import SETTINGS as INT8_SETTINGS
 from orchard_app.export.quantize import quantize_int8
 from orchard_app.export.session import onnx_predictor, open_session
 from orchard_app.export.validate import Deviation, check_deviation, max_deviation, random_images
-from orchard_app.rundir.layout import EXPORT_BENCHMARK, EXPORTS_DIR, ONNX_FP32, ONNX_INT8
+from orchard_app.rundir.layout import EXPORT_BENCHMARK, ONNX_FP32, ONNX_INT8
 
 log = logging.getLogger("orchard_app.export")
 
-EXPORT_DIR = EXPORTS_DIR  # (the name export/__main__.py imports)
 CALIBRATION_BATCH = 32
 
 
@@ -197,15 +189,18 @@ def write_benchmark(job: ExportJob, bench: dict[str, Any], report: Path | None) 
 
 
 def summary_metrics(bench: dict[str, Any]) -> dict[str, float]:
-    """Flat numbers of an export for a tracker: export_<model>_<metric>, latency included."""
+    """The numbers of an export for a tracker, by their MLflow names: export/<model>/<metric>,
+    latency included, and export/max_deviation."""
+    from orchard_app.tracking.names import export_metric
+
     out = {}
     for key, model in bench["models"].items():
         for metric in ("accuracy", "auc"):
             if isinstance(model["test"].get(metric), float):
-                out[f"export_{key}_{metric}"] = model["test"][metric]
+                out[export_metric(key, metric)] = model["test"][metric]
         for name, ms in model.get("latency_ms", {}).items():
-            out[f"export_{key}_{name}"] = ms
-    out["export_max_deviation"] = bench["deviation"]["max"]
+            out[export_metric(key, name)] = ms
+    out["export/max_deviation"] = bench["deviation"]["max"]
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchard_app.errors import ExportError, first_line
+from orchard_app.errors import ExportError, cause
 
 log = logging.getLogger("orchard_app.export")
 
@@ -54,9 +54,8 @@ def quantize_int8(
                 calibrate_method=CalibrationMethod.MinMax,
             )  # fmt: skip
         except Exception as e:
-            first = first_line(e, most=300)
             raise ExportError(
-                f"INT8 quantization failed ({type(e).__name__}: {first}); model.onnx is fine.\n"
+                f"INT8 quantization failed ({cause(e, most=300)}); model.onnx is fine.\n"
                 "  Skip INT8 with export.int8=false."
             ) from e
 

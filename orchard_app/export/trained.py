@@ -45,3 +45,12 @@ def saved_config(checkpoint: Path, run_dir: Path) -> tuple[dict, str, dict | Non
             "be rebuilt; export a checkpoint written by orchard_app training"
         )
     return ckpt["config"], str(checkpoint), ckpt
+
+
+def trained_config(checkpoint: Path, run_dir: Path, overrides: list[str] | None = None):
+    """(the run's config composed as its training command composed it, with `overrides` on
+    top; the checkpoint when the config had to be read from it, else None)."""
+    from orchard_app.config.saved import compose_saved
+
+    saved, source, ckpt = saved_config(checkpoint, run_dir)
+    return compose_saved(saved, overrides or [], source), ckpt

@@ -1,13 +1,16 @@
 """A study's artifacts in its sweep dir, rewritten after every batch (so they are current
 during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png (the
-figures at most once a minute during the study, and at its end)."""
+figures at most once a minute during the study, and at its end); with tracking=mlflow, the
+sweep's parent run shows the same (tracking.update_sweep_page)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import logging
 import math
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +21,8 @@ from optuna.trial import TrialState
 
 from orchard_app.atomic import atomic_write
 from orchard_app.rundir import layout
+from orchard_app.sweep.console import spelled
+from orchard_app.tracking import update_sweep_page
 
 log = logging.getLogger("orchard_app.hpo")
 
@@ -29,8 +34,14 @@ _drawn: dict[Path, float] = {}  # sweep dir -> when its figures were last drawn 
 
 
 def write(study: optuna.Study, sweep_dir: Path, config, final: bool = True) -> None:
-    """The study's artifacts; with `final=False` (as trials end) the figures are redrawn at most
-    every FIGURES_EVERY_S seconds, so that they do not add to every trial's cost."""
+    """The study's files, then its MLflow page (nothing unless tracking=mlflow)."""
+    write_files(study, sweep_dir, config, final)
+    update_sweep_page(config, sweep_dir, study=study)
+
+
+def write_files(study: optuna.Study, sweep_dir: Path, config, final: bool = True) -> None:
+    """With `final=False` (as trials end) the figures are redrawn at most every
+    FIGURES_EVERY_S seconds, so that they do not add to every trial's cost."""
     trials = study.get_trials(deepcopy=False)
     atomic_write(sweep_dir / layout.STUDY_CSV, study_csv(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -100,10 +111,47 @@ def best_config(best, sweep_dir: Path, config, study_name: str) -> None:
     task = OmegaConf.load(record)
     out = OmegaConf.create({"defaults": keep})
     out = OmegaConf.merge(out, task, {"hydra": app.hydra})
-    head = (f"# Best trial {best.number} of study '{study_name}' "
+    head = (f"# Best trial #{best.number} of study '{study_name}' "
             f"({config.training.monitor} = {best.value:.6g}), from {job_dir}.\n"
-            f"# Re-run: python -m orchard_app --config-path {sweep_dir} --config-name best_config\n")  # fmt: skip
+            f"# Re-run: {rerun_command(sweep_dir)}\n")  # fmt: skip
     atomic_write(sweep_dir / layout.BEST_CONFIG, head + OmegaConf.to_yaml(out))
+
+
+def rerun_command(sweep_dir: Path) -> str:
+    """The command that re-runs the best trial from best_config.yaml."""
+    return shlex.join(["python", "-m", "orchard_app", "--config-path", str(sweep_dir),
+                       "--config-name", Path(layout.BEST_CONFIG).stem])  # fmt: skip
+
+
+FILES = {  # what each of the study's files holds, for the sweep's closing lines
+    layout.STUDY_CSV: "every trial: state, value, parameters, epochs run, run dir, error",
+    layout.TOP_TRIALS: f"the {TOP} best trials",
+    layout.FIGURES_DIR: "optimisation history, parameter importances, parallel coordinates, "
+    "per-epoch values",
+    layout.BEST_CONFIG: "the best trial's complete config",
+}
+
+
+def closing(study: optuna.Study, sweep_dir: Path, monitor: str, dashboard: str) -> str:
+    """The sweep's last lines: the best trial, where the study's files are and what they hold,
+    the command that re-runs the best trial, and the dashboard command for the storage."""
+    lines = []
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = study.best_trial
+        lines.append(
+            f"best trial #{best.number}: {monitor} {best.value:.4f} with {spelled(best.params)}"
+        )
+    lines.append(f"study '{study.study_name}', in {sweep_dir}/:")
+    width = max(len(name) for name in FILES) + 2
+    for name, what in FILES.items():
+        if (sweep_dir / name).exists():
+            shown = name + "/" if (sweep_dir / name).is_dir() else name
+            lines.append(f"  {shown:<{width}}{what}")
+    if (sweep_dir / layout.BEST_CONFIG).is_file():
+        lines.append(f"re-run the best trial: {rerun_command(sweep_dir)}")
+    missing = importlib.util.find_spec("optuna_dashboard") is None
+    lines.append(f"dashboard{' (pip install optuna-dashboard)' if missing else ''}: {dashboard}")
+    return "\n".join(lines)
 
 
 def figures(study: optuna.Study, out: Path, monitor: str) -> None:

@@ -7,6 +7,7 @@ shared (NFS) filesystem where SQLite's locking does not.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from orchard_app.errors import HpoError
@@ -57,6 +58,18 @@ def without_password(url: str) -> tuple[str, str | None]:
     from urllib.parse import unquote
 
     return f"{head}://{user}@{host}", unquote(password)
+
+
+def dashboard_command(url: str) -> str:
+    """The optuna-dashboard command that opens this storage (`url` as shown: `masked`).
+    SQLite: the URL as it is, `sqlite:////abs/path` (three slashes, then the absolute path);
+    a journal: its file's path (optuna-dashboard reads a file given as a path as a journal);
+    PostgreSQL: the URL, its password as `***`."""
+    target = url[len(JOURNAL) :] if url.startswith(JOURNAL) else url
+    command = shlex.join(["optuna-dashboard", target])
+    if ":***@" in url:  # as `masked` shows a password
+        command += "   (*** is the password; or export PGPASSWORD and leave out :***)"
+    return command
 
 
 def open_storage(url: str):

@@ -42,6 +42,7 @@ from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.storage import (
     absolute_url,
+    dashboard_command,
     default_url,
     masked,
     open_storage,
@@ -156,11 +157,14 @@ class StudySweeper:
             report.write(study, self.sweep_dir, self.config)
             raise
         report.write(study, self.sweep_dir, self.config)
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            best = study.best_trial
-            log.info("best trial %d: %s = %.4f with %s", best.number, self._monitor(),
-                     best.value, best.params)  # fmt: skip
+        self._closing(study, shown)
         return returns
+
+    def _closing(self, study: optuna.Study, shown_url: str) -> None:
+        """The sweep's last lines, after its table: the best trial, the study's files, the
+        command that re-runs the best trial, the dashboard command for this storage."""
+        progress.close_with(report.closing(study, self.sweep_dir, self._monitor(),
+                                           dashboard_command(shown_url)))  # fmt: skip
 
     def _on_a_cluster(self) -> bool:
         """SLURM jobs share the sweep dir over a network filesystem, where SQLite's locks are

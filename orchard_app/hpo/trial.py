@@ -57,7 +57,7 @@ class JobTrial:
         if math.isfinite(value):
             self.trial.report(value, step=epoch)
         if self.trial.should_prune():
-            raise TrialPruned(f"trial {self.number} pruned at epoch {epoch} "
+            raise TrialPruned(f"trial #{self.number} pruned at epoch {epoch} "
                               f"({engine.monitor} {value:.4f})", epoch)  # fmt: skip
 
     def started(self, run_dir: str) -> None:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchard_app.errors import ModelError
-from orchard_app.models.weights import hub_cache_file, read_state_dict, reason
+from orchard_app.errors import ModelError, cause
+from orchard_app.models.weights import hub_cache_file, read_state_dict
 
 
 def transfer_stem(weight: torch.Tensor, in_chans: int, kernel: int | None = None) -> torch.Tensor:
@@ -52,7 +52,7 @@ def imagenet_resnet18_state(weights_file: str | None = None) -> dict[str, torch.
         )
         raise ModelError(
             f"model.pretrained=true needs torchvision's ImageNet weights, but {path} {state} "
-            f"({reason(e)}).\n"
+            f"({cause(e, 160)}).\n"
             f"  Download {weights.url} on a machine with internet and put it at {path}\n"
             "  (the torch hub cache; set TORCH_HOME to use another folder), pass its path as "
             "model.weights=/path/to/file, or set model.pretrained=false."
@@ -70,7 +70,7 @@ def _resnet18(cfg, in_chans: int, num_classes: int, adapted: bool) -> nn.Module:
         except RuntimeError as e:
             source = cfg.get("weights") or hub_cache_file(ResNet18_Weights.IMAGENET1K_V1.url)
             raise ModelError(
-                f"{source} does not hold torchvision ResNet-18 weights ({reason(e)})"
+                f"{source} does not hold torchvision ResNet-18 weights ({cause(e, 160)})"
             ) from e
     if adapted:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)

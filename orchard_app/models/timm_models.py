@@ -12,8 +12,8 @@ import difflib
 
 from torch import nn
 
-from orchard_app.errors import ModelError
-from orchard_app.models.weights import hub_cache_file, read_state_dict, reason
+from orchard_app.errors import ModelError, cause
+from orchard_app.models.weights import hub_cache_file, read_state_dict
 
 
 def build_timm(
@@ -51,7 +51,7 @@ def build_timm(
         if not local or "state_dict" not in str(e):
             raise
         raise ModelError(
-            f"{local} does not hold weights of timm model '{name}' ({reason(e)})"
+            f"{local} does not hold weights of timm model '{name}' ({cause(e, 160)})"
         ) from e
     if local:
         _check_all_loaded(model, expected, local, name)
@@ -127,7 +127,7 @@ def _cached_weights(name: str) -> str | None:
 
 def _weights_unobtainable(name: str, error: Exception) -> str:
     pcfg = _pretrained_cfg(name)
-    why = reason(error)
+    why = cause(error, 160)
     fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
     if pcfg.hf_hub_id:
         from huggingface_hub import constants, hf_hub_url

@@ -3,12 +3,11 @@ why a download or a read failed in one short line."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import torch
 
-from orchard_app.errors import ModelError
+from orchard_app.errors import ModelError, cause
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -23,7 +22,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # anything that stops the read is the file's problem here
         raise ModelError(
-            f"{path} could not be read as a state dict ({reason(e)}); pass a .pth or "
+            f"{path} could not be read as a state dict ({cause(e, 160)}); pass a .pth or "
             ".safetensors file of the model's weights (a broken download: delete it)"
         ) from e
     if not isinstance(state, dict):
@@ -34,10 +33,3 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def hub_cache_file(url: str) -> Path:
     """Where torch hub keeps (and first looks for) the file downloaded from `url`."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-
-
-def reason(error: BaseException) -> str:
-    """'ErrorType: first line of the message', short enough for a one-message error."""
-    lines = str(error).strip().splitlines()
-    text = textwrap.shorten(lines[0], width=160, placeholder=" ...") if lines else ""
-    return type(error).__name__ + (f": {text}" if text else "")

@@ -2,7 +2,6 @@
 
 - `inputs`: image files, folders and .npz arrays, in batches at the model's size and channels
 - `predictor`: the run's model.onnx session, or its checkpoint behind the same preprocessing
-- `table`: predictions.csv, written atomically
-- `summary`: the short report printed at the end
+- `output`: predictions.csv (written atomically) and the short report printed at the end
 Grad-CAM (`--explain`) is `orchard_app.evaluation.saliency`.
 """

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchard_app.errors import OrchardError
+from orchard_app.errors import command
 
 PROG = "python -m orchard_app.predict"
 log = logging.getLogger("orchard_app.predict")
@@ -20,24 +20,16 @@ log = logging.getLogger("orchard_app.predict")
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+    with command("orchard_app.predict"):
         print(run(args))
-    except OrchardError as e:
-        print(f"\norchard_app.predict: {e.title}:\n{e}", file=sys.stderr, flush=True)
-        raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:
-        print("\norchard_app.predict: interrupted; no half-written file was kept.",
-              file=sys.stderr, flush=True)  # fmt: skip
-        raise SystemExit(130) from None
 
 
 def run(args: argparse.Namespace) -> str:
     import numpy as np
 
     from orchard_app.predict.inputs import Batches, collect
+    from orchard_app.predict.output import FILE, predicted, summary, write_predictions
     from orchard_app.predict.predictor import load
-    from orchard_app.predict.summary import summary
-    from orchard_app.predict.table import FILE, predicted, write_predictions
 
     inputs = collect(args.inputs)
     model = load(Path(args.model).expanduser(), args.device, explain=args.explain)
@@ -46,9 +38,8 @@ def run(args: argparse.Namespace) -> str:
     saliency = _Saliency(out / "saliency", model, args.explain_grid) if args.explain else None
     started = time.perf_counter()
     names, probs = [], []
-    for batch_names, batch in Batches(model.channels, model.side, model.resize, args.batch_size)(
-        inputs
-    ):
+    batches = Batches(model.channels, model.side, model.resize, args.batch_size)
+    for batch_names, batch in batches(inputs):
         p = model(batch, tta=args.tta)
         if saliency:
             saliency.add(batch_names, batch, p, len(names))

@@ -98,18 +98,16 @@ def _from_onnx(path: Path, run_dir: Path) -> Predictor:
 
 
 def _from_checkpoint(target: Path, device: str) -> Predictor:
-    import torch
     from torch import nn
 
     from orchard_app.data.preprocess import Preprocess
     from orchard_app.engine.checkpoint import load_checkpoint
     from orchard_app.export.assemble import model_from_checkpoint
-    from orchard_app.export.graph import Deployable
-    from orchard_app.export.trained import resolve_target, saved_config
+    from orchard_app.export.graph import Deployable, torch_predictor
+    from orchard_app.export.trained import resolve_target, trained_config
 
     checkpoint, run_dir = resolve_target(target)
-    saved, source, ckpt = saved_config(checkpoint, run_dir)
-    cfg = _compose(saved, source)
+    cfg, ckpt = trained_config(checkpoint, run_dir)
     ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     fp = ckpt["fingerprint"]
     # force_rgb runs take grey images expanded inside; giving them RGB (grey replicated) is the same
@@ -119,12 +117,7 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
     net = model_from_checkpoint(cfg, info, ckpt, checkpoint)
     preprocess = Preprocess.for_data(cfg.dataset, info)
     net = net.to(device).eval()
-    deployable = Deployable(preprocess, net, info.task == "multi-label").eval()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return deployable(torch.from_numpy(batch).to(device)).cpu().numpy()
-
+    predict = torch_predictor(Deployable(preprocess, net, info.task == "multi-label"), device)
     names = _names(run_dir, cfg, fp["num_classes"])
     return Predictor(predict, names, fp["task"], fp["in_chans"], fp["resolution"],
                      *_run_settings(cfg, names), source=str(checkpoint),
@@ -134,17 +127,11 @@ def _from_checkpoint(target: Path, device: str) -> Predictor:
 def _run_config(run_dir: Path):
     """The run's config for an ONNX next to its run (resize, flips); None for a lone file."""
     best = layout.best_checkpoint(run_dir)
-    if not ((run_dir / layout.HYDRA_DIR / layout.HYDRA_CONFIG).is_file() or best.is_file()):
+    if not (layout.saved_config(run_dir).is_file() or best.is_file()):
         return None
-    from orchard_app.export.trained import saved_config
+    from orchard_app.export.trained import trained_config
 
-    return _compose(*saved_config(best, run_dir)[:2])
-
-
-def _compose(saved: dict, source: str):
-    from orchard_app.config.saved import compose_saved
-
-    return compose_saved(saved, [], source)
+    return trained_config(best, run_dir)[0]
 
 
 def _run_settings(cfg, names: list[str]) -> tuple[str, bool, bool]:
@@ -167,7 +154,7 @@ def _names(run_dir: Path, cfg, n: int) -> list[str]:
     if cfg.dataset.label_names and len(cfg.dataset.label_names) == n:
         return [str(x) for x in cfg.dataset.label_names]
     if cfg.dataset.source == "medmnist":
-        from orchard_app.data.medmnist_info import label_names
+        from orchard_app.config.medmnist import label_names
 
         return list(label_names(cfg.dataset.name))
     return [str(i) for i in range(n)]

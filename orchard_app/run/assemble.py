@@ -72,6 +72,8 @@ def assemble(
         from orchard_app.distributed.model import check_batches, wrap_model
 
         sync = bool(hw.sync_batchnorm)
+        ctx.group.agree_on_data({"steps per epoch": steps, "training samples": len(data.train),
+                                 "validation samples": len(data.val), "test samples": len(data.test)})  # fmt: skip
         check_batches(len(data.train), settings.batch_size, ctx.world_size, sync)
         model, step_model = wrap_model(model, ctx.group, sync)
         torch.manual_seed(seed + ctx.rank)  # each process draws its own dropout masks

@@ -9,6 +9,7 @@ with a summary and a non-zero exit code.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -55,13 +56,17 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
     except TrainingInterrupted as e:  # the user (or the scheduler) asked to stop: the sweep too
         drop_if_empty(run_dir)
         if e.requeue:  # SLURM's warning before a time limit or a preemption, under submitit
-            print(f"\norchard_app: {e}; the job is requeued and continues from there.",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            record_job(Outcome.REQUEUED, error=str(e))
-            _hand_over_to_submitit()  # checkpoints the job, requeues it and exits
+            try:  # submitit requeues the job and exits; with no requeue left it raises, and
+                _hand_over_to_submitit()  # the launcher records the timeout (one row, not two)
+            except SystemExit:
+                print(f"\norchard_app: {e}; the job is requeued and continues from there.",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                record_job(Outcome.REQUEUED, error=str(e))
+                raise
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
             print_error(e, advice=_advice(e))
-        record_job(Outcome.INTERRUPTED, error=str(e))
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":  # on SLURM the launcher records the
+            record_job(Outcome.INTERRUPTED, error=str(e))  # end from the job's state (scancel)
         raise SystemExit(exit_code(e)) from None
     except KeyboardInterrupt as e:  # Ctrl-C before the run's own signal handling was in place
         print("\norchard_app: interrupted during start-up; nothing was written.",

@@ -20,13 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from orchard_app.atomic import atomic_write, remove_stale_temp_files
+from orchard_app.atomic import remove_stale_temp_files
 from orchard_app.errors import RunDirError, StorageError
 from orchard_app.outcomes import outcome_of
 from orchard_app.rundir import layout
 from orchard_app.rundir.lock import RunLock
 from orchard_app.rundir.logging import setup_console_only, setup_logging
-from orchard_app.rundir.provenance import Provenance, read_provenance, requirements
+from orchard_app.rundir.provenance import Provenance, read_provenance, requirements, write_record
 
 log = logging.getLogger("orchard_app.tracking")
 
@@ -64,7 +64,7 @@ class RunDirectory:
                 self.path / layout.PROVENANCE, {"run_id": self.run_id, **self.fields},
                 resumed_from=self.resumed_from, continues=self.continues,
             )  # fmt: skip
-            _write(self.path / layout.REQUIREMENTS, requirements())
+            write_record(self.path / layout.REQUIREMENTS, requirements())
             write_hydra_record(self.path, self.job_config)
             self._stack = stack.pop_all()
         return self
@@ -78,6 +78,13 @@ class RunDirectory:
         if (self.path / layout.LOCK).exists():  # a live run: name its holder, not a resume
             with RunLock(self.path):
                 pass
+        if (sweep := layout.sweep_dir_of_job()) is not None:  # one line: the table shows one
+            raise RunDirError(
+                f"{self.path} already holds this job's run (status {previous.get('status')}) "
+                f"from an earlier sweep in {sweep}; continue the sweep with the same command "
+                "plus training.resume=auto (completed jobs keep their results, the others "
+                "continue from last.pt), or give it a new hydra.sweep.dir"
+            )
         raise RunDirError(
             f"{self.path} already holds a run (status {previous.get('status')}, started "
             f"{previous.get('started')}); a new run would overwrite its record.\n"
@@ -119,13 +126,6 @@ def write_hydra_record(run_dir: Path, job_config) -> None:
     hydra_root = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
     out = run_dir / layout.HYDRA_DIR
     out.mkdir(exist_ok=True)
-    _write(out / layout.HYDRA_CONFIG, OmegaConf.to_yaml(job_config))
-    _write(out / layout.HYDRA_HYDRA, OmegaConf.to_yaml(hydra_root))
-    _write(out / layout.HYDRA_OVERRIDES, OmegaConf.to_yaml(hydra_root.hydra.overrides.task))
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        atomic_write(path, text)
-    except OSError as e:
-        raise StorageError(path, e) from None
+    write_record(out / layout.HYDRA_CONFIG, OmegaConf.to_yaml(job_config))
+    write_record(out / layout.HYDRA_HYDRA, OmegaConf.to_yaml(hydra_root))
+    write_record(out / layout.HYDRA_OVERRIDES, OmegaConf.to_yaml(hydra_root.hydra.overrides.task))

@@ -9,14 +9,14 @@ A run dir (`outputs/<date>/<time>_<name>-<hash>/`, or `<sweep dir>/<job>_<name>/
     checkpoints/           last.pt (every epoch, exact resume) and best.pt (the monitor's best)
     predictions_test.csv   the test split's probabilities
     figures/               training curves, confusion matrix or per-label AUC, ROC, samples
-    report.md              the human-readable report
+    report.md              the human-readable report (report.html: the same, figures embedded)
     exports/               model.onnx, model_int8.onnx, benchmark.json (export.enabled)
     metrics.json           the run's summary: written last, so its presence means "finished"
 
-A sweep dir holds jobs.jsonl (a line per job end), the Optuna study's storage (optuna.db or
-optuna.journal), study.csv, top_trials.md, best_config.yaml and figures/, the MLflow parent
-run's lock, submitit's .submitit/ job files, and the comparison.md and comparison.csv of
-`python -m orchard_app.compare`.
+A sweep dir holds jobs.jsonl (a line per job end), .sweep.lock (one sweep at a time), the
+Optuna study's storage (optuna.db or optuna.journal), study.csv, top_trials.md,
+best_config.yaml and figures/, the MLflow parent run's lock, submitit's .submitit/ job files,
+and the comparison.md and comparison.csv of `python -m orchard_app.compare`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"
 PREDICTIONS = "predictions_test.csv"
 FIGURES_DIR = "figures"
-REPORT = "report.md"
+REPORT, REPORT_HTML = "report.md", "report.html"
 EXPORTS_DIR = "exports"
 ONNX_FP32, ONNX_INT8, EXPORT_BENCHMARK = "model.onnx", "model_int8.onnx", "benchmark.json"
 METRICS = "metrics.json"
@@ -42,6 +42,7 @@ LOCK, LOCK_HOLDER = ".run.lock", ".run.lock.json"
 
 # ---- a sweep dir
 JOBS, JOBS_LOCK = "jobs.jsonl", ".jobs.jsonl.lock"
+SWEEP_LOCK, SWEEP_LOCK_HOLDER = ".sweep.lock", ".sweep.lock.json"  # held by the sweep's launcher
 OPTUNA_DB, OPTUNA_JOURNAL = "optuna.db", "optuna.journal"
 STUDY_CSV, TOP_TRIALS, BEST_CONFIG = "study.csv", "top_trials.md", "best_config.yaml"
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's own record of the sweep

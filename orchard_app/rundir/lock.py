@@ -1,4 +1,6 @@
-"""One writer per run directory: a `filelock` (flock) on <run dir>/.run.lock.
+"""One writer per run directory: a `filelock` (flock) on <run dir>/.run.lock; one sweep per
+sweep directory: the same on <sweep dir>/.sweep.lock (`SweepLock`), held by the sweep's
+launcher process from its start to its end.
 
 The OS drops a flock when its holder dies, so a lock left by a killed process (kill -9, OOM,
 a lost node) never blocks the next run, and nothing has to guess whether a lock is stale. A live
@@ -18,16 +20,19 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from orchard_app.atomic import atomic_write
-from orchard_app.errors import RunLockedError, StorageError
-from orchard_app.rundir.layout import LOCK, LOCK_HOLDER
+from orchard_app.errors import RunLockedError, StorageError, SweepLockedError
+from orchard_app.rundir.layout import LOCK, LOCK_HOLDER, SWEEP_LOCK, SWEEP_LOCK_HOLDER
 from orchard_app.rundir.provenance import now
 
 
 class RunLock:
+    FILES = (LOCK, LOCK_HOLDER)
+    BUSY = RunLockedError
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.path = self.directory / LOCK
-        self.owner = self.directory / LOCK_HOLDER
+        self.path = self.directory / self.FILES[0]
+        self.owner = self.directory / self.FILES[1]
         self._lock = FileLock(str(self.path), blocking=False)
 
     def __enter__(self) -> RunLock:
@@ -35,7 +40,7 @@ class RunLock:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
-            raise RunLockedError(self._busy_message()) from None
+            raise self.BUSY(self._busy_message(self._holder_text())) from None
         except OSError as e:  # read-only or not ours: say so before anything else happens
             raise StorageError(self.path, e) from None
         try:
@@ -65,17 +70,38 @@ class RunLock:
                     return None
                 time.sleep(0.05)
 
-    def _busy_message(self) -> str:
+    def _holder_text(self) -> str:
         owner = self.holder()
         if owner:
-            who = f"PID {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
-        else:
-            who = "another process (PID and host unknown)"
+            return (
+                f"PID {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
+            )
+        return "another process (PID and host unknown)"
+
+    def _busy_message(self, who: str) -> str:
         return (
             f"the run directory {self.directory} is locked by {who}: another run is writing "
             f"there (lock file {self.path}).\n"
             f"  Wait for that run to finish, or start this one in a new directory: leave "
             f"hydra.run.dir at its default, which never collides."
+        )
+
+
+class SweepLock(RunLock):
+    """One sweep per sweep dir: a second sweep there would submit jobs into the first one's
+    directory, read its jobs.jsonl as its own and record its jobs as lost."""
+
+    FILES = (SWEEP_LOCK, SWEEP_LOCK_HOLDER)
+    BUSY = SweepLockedError
+
+    def _busy_message(self, who: str) -> str:
+        return (
+            f"the sweep directory {self.directory} is in use by the sweep of {who} (lock file "
+            f"{self.path}); nothing was submitted.\n"
+            "  Wait for that sweep to finish, or give this one its own directory: "
+            "hydra.sweep.dir=<new dir> (or leave it at its default, which never collides). "
+            "Sweeps that share one Optuna study each take their own sweep dir and the same "
+            "hydra.sweeper.storage."
         )
 
 

@@ -10,6 +10,7 @@ handlers carries its run id, whichever thread logged it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -24,7 +25,6 @@ QUIET = ("matplotlib", "PIL", "urllib3", "alembic", "mlflow", "git", "filelock",
          "sqlalchemy", "httpx")  # fmt: skip
 # Loggers that libraries give handlers of their own (propagate=False): routed through ours.
 ROUTED = ("mlflow", "submitit")
-_configured = False
 
 
 def _shared_processors() -> list:
@@ -79,17 +79,14 @@ def _add_run_id(run_id: str):
     return add
 
 
+@functools.cache  # once per process
 def _configure_structlog() -> None:
-    global _configured
-    if _configured:
-        return
     structlog.configure(
         processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    _configured = True
 
 
 def _formatter(last: list) -> logging.Formatter:

@@ -211,10 +211,16 @@ class Provenance:
         )
 
     def write(self) -> None:
-        try:
-            atomic_write(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
-        except OSError as e:
-            raise StorageError(self.path, e) from None
+        write_record(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+def write_record(path: Path, text: str) -> None:
+    """A record file of the run, atomically; a full disk or a read-only directory is one
+    StorageError."""
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        raise StorageError(path, e) from None
 
 
 BEST_DIGEST = "best_checkpoint_blake2b"  # of best.pt as the finished run left it (export checks it)

@@ -4,9 +4,10 @@ Jobs may run in this process (basic launcher), in other processes or on other no
 (submitit), so progress is read from where every job reports its end, the sweep's
 jobs.jsonl: a daemon thread tails it and prints each new row as a line such as
 
-    trial 3/20 done: #2 pruned at epoch 3 | best so far 0.9120 (#1) | elapsed 12m, ETA 1h10m
+    trial #2 pruned at epoch 3 | 3 of 20 ended | best so far 0.9120 (#1) | elapsed 12m, ETA 1h10m
 
-("job" for sweepers other than Optuna). The thread is started and stopped by the
+("job" for sweepers other than Optuna); `#2` is the trial's number everywhere (its launch
+line, its run dir `2_...`, the table, study.csv), `3 of 20` a count. The thread is started and stopped by the
 `SweepSummary` callback; the final read happens at its stop, so no row is missed or printed
 twice. No torch, no optuna: the launcher process stays light.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,6 +60,45 @@ def total_jobs(config) -> int | None:
 
 def _values(override) -> int:
     return len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+
+
+def swept_keys(config) -> set[str]:
+    """The keys a sweep varies (what its launch lines show): the sweeper's params and the
+    command line's sweeps (`interval`, `choice`, `range`, `a,b`), less the keys the command line
+    fixes (a fixed value narrows a preset's search)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    task = list(config.hydra.overrides.task)
+    swept, fixed = set(), set()
+    for arg in params + task:
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # e.g. glob() needs the config repository: not shown, then
+            continue
+        if override.is_sweep_override():
+            swept.add(override.key_or_group)
+        elif arg in task:
+            fixed.add(override.key_or_group)
+    return swept - fixed
+
+
+_closing: list[str] = []
+
+
+def close_with(text: str) -> None:
+    """Lines the sweep ends with, after its table (the study's files, the dashboard): printed by
+    the SweepSummary callback, or at once where it is not running."""
+    if _current:
+        _closing.append(text)
+    else:
+        print("\n" + text, file=sys.stderr, flush=True)
+
+
+def closing_lines() -> list[str]:
+    lines, _closing[:] = _closing[:], []
+    return lines
 
 
 _current: list[Progress] = []
@@ -127,8 +168,8 @@ class Progress:
     # ------------------------------------------------------------------ the line
     def line(self, row: dict[str, Any]) -> str:
         ended = sum(r["outcome"] in ENDED for r in self.rows.values())
-        count = f"{ended}/{self.total}" if self.total and ended <= self.total else str(ended)
-        parts = [f"{self.noun} {count} done: #{row['job']} {self.describe(row)}"]
+        count = f"{ended} of {self.total}" if self.total and ended <= self.total else str(ended)
+        parts = [f"{self.noun} #{row['job']} {self.describe(row)}", f"{count} ended"]
         best = best_job(self.rows.values(), self.direction)
         if best is not None:
             parts.append(f"best so far {best['value']:.4f} (#{best['job']})")
@@ -141,7 +182,7 @@ class Progress:
     def describe(self, row: dict[str, Any]) -> str:
         outcome = row["outcome"]
         if outcome == Outcome.COMPLETED and _number(row.get("value")):
-            return f"{self.monitor} {row['value']:.4f}"
+            return f"done, {self.monitor} {row['value']:.4f}"
         if outcome == Outcome.PRUNED and row.get("stopped_at_epoch") is not None:
             return f"pruned at epoch {row['stopped_at_epoch']}"
         if outcome == Outcome.REQUEUED:
@@ -160,8 +201,8 @@ def best_job(rows, direction: str) -> dict[str, Any] | None:
 
 
 def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str = "value",
-                 direction: str = "max") -> str:  # fmt: skip
-    """`sweep <dir>: N job(s): ...`, then a table: job, state, value, run dir."""
+                 direction: str = "max", noun: str = "job") -> str:  # fmt: skip
+    """`sweep <dir>: N job(s): ...`, then a table: job (or trial), state, value, run dir."""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["outcome"]] = counts.get(job["outcome"], 0) + 1
@@ -170,8 +211,8 @@ def summary_text(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str = "va
     if best is not None:
         head += f"; best {monitor} {best['value']:.4f} (#{best['job']})"
     width = max(len(monitor), 8)
-    lines = [f"sweep {sweep_dir}: {len(jobs)} job(s): {head}",
-             f"  {'job':<5} {'state':<11} {monitor:>{width}}  run dir"]  # fmt: skip
+    lines = [f"sweep {sweep_dir}: {len(jobs)} {noun}(s): {head}",
+             f"  {noun:<5} {'state':<11} {monitor:>{width}}  run dir"]  # fmt: skip
     for job in jobs:
         value = f"{job['value']:.4f}" if _number(job.get("value")) else ""
         where = job.get("run_dir") or "(no run dir: the job never started)"

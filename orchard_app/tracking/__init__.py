@@ -5,15 +5,21 @@ NullTracker and imports nothing from MLflow. A tracker is a context manager with
 `on_epoch_end(record, engine)` (an Engine callback) and `log_results(summary, run_dir)`; leaving
 the context ends the tracked run with the outcome (completed / failed / interrupted). Its `info`
 dict (e.g. the MLflow run id) is recorded in provenance.json by `RunDirectory.track`.
+
+`update_sweep_page(config, sweep_dir, ...)`, called by the sweep's launcher process as trials
+or jobs end, keeps a tracked sweep's parent run current as the study's page.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from orchard_app.errors import TrackingError
+
+log = logging.getLogger("orchard_app.tracking")
 
 
 class NullTracker:
@@ -45,3 +51,29 @@ def open_tracker(
 
         return MlflowTracker(cfg, Path(run_dir), config, config_hash, provenance or {})
     raise TrackingError(f"tracking={cfg.tracking.name}: unknown tracker; use none or mlflow")
+
+
+def update_sweep_page(config, sweep_dir: Path, *, study=None, jobs=None, summary: str = "") -> None:
+    """Bring a tracked sweep's MLflow parent run up to date: an Optuna `study`, or a grid's
+    `jobs` (jobs.jsonl's rows) and its `summary` table. Nothing (MLflow not even imported)
+    unless tracking=mlflow; an MLflow error is a warning: the sweep dir holds the same."""
+    tracking = config.get("tracking") or {}
+    if tracking.get("name") != "mlflow":
+        return
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    from mlflow.exceptions import MlflowException
+
+    from orchard_app.tracking import mlflow_sweep, sweep_page
+    from orchard_app.tracking.mlflow_store import connect
+
+    sweep_dir = Path(sweep_dir)
+    try:
+        if study is not None:
+            page = sweep_page.study_page(config, study)
+        else:
+            page = sweep_page.grid_page(config, jobs or [], summary)
+        client, experiment_id, _ = connect(tracking, base=Path(str(config.hydra.runtime.cwd)))
+        mlflow_sweep.publish(client, experiment_id, sweep_dir, page)
+    except (MlflowException, TrackingError, OSError) as e:
+        log.warning("mlflow: could not update the sweep's parent run: %s (%s has the same)",
+                    e, sweep_dir)  # fmt: skip

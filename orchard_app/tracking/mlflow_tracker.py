@@ -1,9 +1,10 @@
 """`tracking=mlflow`: one MLflow run per orchard run (a child of the sweep's run in a --multirun).
 
 Logged: params (the flattened resolved config), tags (dataset, model, git commit, config hash,
-run dir, run id), per-epoch metrics (step = epoch), final test metrics and the run's files as
-artifacts. The run ends FINISHED / FAILED / KILLED by the run's outcome (outcomes.py; a
-pruned run is FINISHED), tagged `orchard.outcome` with the exact one. Imported only when
+run dir, run id), per-epoch metrics (step = epoch), final test metrics (MLflow names: names.py)
+and the run's files as artifacts. The run ends FINISHED / FAILED / KILLED by the run's outcome
+(outcomes.py; a pruned run is FINISHED), tagged `orchard.outcome` with the exact one, and a run
+that did not complete says how in its name (`pruned at epoch 2 · ...`). Imported only when
 tracking=mlflow (mlflow takes seconds to import).
 
 Once the run exists, an MLflow error while logging is a warning, not the end of the training:
@@ -25,19 +26,20 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # 6000 chars in MLflow 3 (500 before)
 
-from orchard_app.outcomes import MLFLOW_STATUS, outcome_of
+from orchard_app.outcomes import MLFLOW_STATUS, Outcome, outcome_of
 from orchard_app.rundir import layout
 from orchard_app.tracking.links import ui_hint
 from orchard_app.tracking.mlflow_store import connect
 from orchard_app.tracking.mlflow_sweep import PARENT_TAG, join_sweep, leave_sweep, sweep_of_this_job
+from orchard_app.tracking.names import best_metric, epoch_metric, run_metric, safe, test_metric
 
 log = logging.getLogger("orchard_app.tracking")
 
 # Files of a run dir logged as artifacts (missing ones are skipped). Add new outputs here.
 EXPORT_ARTIFACTS = tuple(f"{layout.EXPORTS_DIR}/{name}"
                          for name in (layout.ONNX_FP32, layout.ONNX_INT8, layout.EXPORT_BENCHMARK))  # fmt: skip
-RESULT_ARTIFACTS = (layout.REPORT, layout.METRICS, layout.FIGURES_DIR, layout.PREDICTIONS,
-                    *EXPORT_ARTIFACTS)  # fmt: skip
+RESULT_ARTIFACTS = (layout.REPORT, layout.REPORT_HTML, layout.METRICS, layout.FIGURES_DIR,
+                    layout.PREDICTIONS, *EXPORT_ARTIFACTS)  # fmt: skip
 # Logged when the run ends, whatever the outcome, so failed runs keep their record too.
 RECORD_ARTIFACTS = (layout.PROVENANCE, layout.REQUIREMENTS, layout.LOGS_DIR, layout.HYDRA_DIR)
 OUTCOME_TAG = "orchard.outcome"  # completed / failed / interrupted / pruned / requeued
@@ -89,6 +91,9 @@ class MlflowTracker:
         try:
             with self._tolerant("the run record (provenance, logs)"):
                 self.client.set_tag(self.run_id, OUTCOME_TAG, str(outcome))
+                if outcome != Outcome.COMPLETED:  # seen in the runs table without a column
+                    name = run_name(self.run_dir.name, outcome, getattr(exc, "epoch", None))
+                    self.client.set_tag(self.run_id, "mlflow.runName", name)
                 if getattr(exc, "epoch", None) is not None:
                     self.client.set_tag(self.run_id, "orchard.stopped_at_epoch", str(exc.epoch))
                 log_files(self.client, self.run_id, self.run_dir, RECORD_ARTIFACTS)
@@ -101,7 +106,7 @@ class MlflowTracker:
     def on_epoch_end(self, record: dict[str, Any], engine: Any) -> None:
         step, stamp = int(record["epoch"]), _millis()
         metrics = [
-            Metric(key, float(value), stamp, step)
+            Metric(epoch_metric(key), float(value), stamp, step)
             for key, value in record.items()
             if key not in EPOCH_METRICS_SKIP and _is_number(value)
         ]
@@ -196,25 +201,35 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_name(name: str, outcome: Outcome, epoch: int | None = None) -> str:
+    """A run's name once it ended other than completed: `pruned at epoch 2 · 3_npz_mini_cnn_1a2b3c`,
+    `failed · ...`; first, so that the runs table's narrow name column still shows it. MLflow's
+    status tells only FINISHED, FAILED or KILLED, and a pruned run is FINISHED (a normal end
+    of a trial, not an interruption)."""
+    at = f" at epoch {epoch}" if epoch is not None and outcome == Outcome.PRUNED else ""
+    return f"{outcome}{at} · {name}"
+
+
 def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """test_<metric>, test_<metric>/<class> per class, best epoch and value, time."""
+    """By their MLflow names (names.py): test/<metric>, test/per_class/<metric>/<class>, the
+    monitor's best value, best epoch, epochs run, training time and the export's numbers."""
     out: dict[str, float] = {}
     for key, value in summary.get("test", {}).items():
         if _is_number(value):
-            out[f"test_{key}"] = float(value)
+            out[test_metric(key)] = float(value)
     for label, row in (summary.get("test", {}).get("per_class") or {}).items():
         for key, value in row.items():
             if _is_number(value):
-                out[f"test_{key}/{_safe_key(str(label))}"] = float(value)
+                out[test_metric(key, label)] = float(value)
     monitor = summary.get("monitor") or {}
     if _is_number(monitor.get("best_value")):
-        out[f"best_{monitor['name']}"] = float(monitor["best_value"])
-    for key, value in (summary.get("export") or {}).items():  # export_<model>_<metric>
+        out[best_metric(monitor["name"])] = float(monitor["best_value"])
+    for key, value in (summary.get("export") or {}).items():  # export/<model>/<metric>
         if _is_number(value):
-            out[_safe_key(key)] = float(value)
+            out["/".join(safe(part) for part in key.split("/"))] = float(value)
     for key in ("best_epoch", "epochs_run", "train_seconds"):
         if _is_number(summary.get(key)):
-            out[key] = float(summary[key])
+            out[run_metric(key)] = float(summary[key])
     return out
 
 
