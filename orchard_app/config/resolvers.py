@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -70,8 +71,16 @@ def register_resolvers(claim: Callable[[str], str] | None = None) -> None:
     `hydra` node needs none)."""
     OmegaConf.register_resolver("orchard_hash", _short_hash, replace=True)
     OmegaConf.register_resolver("orchard_slug", slug, replace=True)
+    OmegaConf.register_resolver("orchard_warmup", warmup_epochs, replace=True)
     if claim is not None:
         OmegaConf.register_resolver("orchard_unique", claim, use_cache=True, replace=True)
+
+
+def warmup_epochs(epochs: int, fraction: float, least: int = 0) -> int:
+    """`${orchard_warmup:${training.epochs},${hpo.warmup}}`: the epochs a pruner preset waits
+    before pruning, a fraction of the trial's own length (rounded up), so that a longer trial
+    gets a longer warm-up; at least `least` epochs."""
+    return max(int(least), math.ceil(int(epochs) * float(fraction)))
 
 
 def resolved_container(cfg: DictConfig) -> dict[str, Any]:

@@ -201,6 +201,9 @@ class HpoConfig:
 
     target: float | None = None  # stop the study once the best value reaches this
     patience: int | None = None  # stop after this many completed trials without improvement
+    # the pruner presets' warm-up (hpo/pruner=...): no trial is pruned before this fraction of
+    # training.epochs (rounded up), so a slow starter is judged once it had time to learn
+    warmup: float = rule(0.25, "a fraction of training.epochs {}, e.g. hpo.warmup=0.25", ge=0, le=1)
 
 
 @dataclass

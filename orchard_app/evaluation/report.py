@@ -27,7 +27,10 @@ def _fmt(v: Any) -> str:
     return "n/a" if missing else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
-def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figures: list[str]) -> None:  # fmt: skip
+def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figures: list[str],
+                 pruned_at: int | None = None) -> None:  # fmt: skip
+    """The run's report; a trial stopped by its pruner (`pruned_at`, its last epoch) has no test
+    evaluation: its report says so and keeps the validation epochs and the config."""
     ds, model, test, mon = summary.dataset, summary.model, summary.test, summary.monitor
     capped = ds["train_samples"] != ds["counts"]["train"]
     lines = [
@@ -44,24 +47,36 @@ def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figure
         + (f", resumed from `{summary.resumed_from}`" if summary.resumed_from else "")
         + f"; training took {summary.train_seconds:.0f} s.",
         "",
-        f"## Test results (best epoch {summary.best_epoch} by {mon['name']} = {_fmt(mon['best_value'])})",
-        "",
-        "| metric | test |",
-        "| --- | --- |",
-        *[f"| {label} | {_fmt(test.get(key))} |" for key, label in METRIC_LABELS.items()],
-        "",
-        "The test split is evaluated once, with the best checkpoint; model selection uses validation only.",
-        "",
-        "### Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "| --- | --- | --- | --- | --- |",
-        *[
-            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} |"
-            for name, c in test["per_class"].items()
-        ],
-        "",
     ]
+    if pruned_at is not None:
+        lines += [
+            f"## Pruned at epoch {pruned_at}",
+            "",
+            f"The study's pruner stopped this trial after epoch {pruned_at} ({mon['name']}: best "
+            f"{_fmt(mon['best_value'])} at epoch {summary.best_epoch}); the test split was not "
+            "evaluated and no figures were drawn.",
+            "",
+        ]
+    else:
+        lines += [
+            f"## Test results (best epoch {summary.best_epoch} by {mon['name']} = {_fmt(mon['best_value'])})",
+            "",
+            "| metric | test |",
+            "| --- | --- |",
+            *[f"| {label} | {_fmt(test.get(key))} |" for key, label in METRIC_LABELS.items()],
+            "",
+            "The test split is evaluated once, with the best checkpoint; model selection uses validation only.",
+            "",
+            "### Per class",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "| --- | --- | --- | --- | --- |",
+            *[
+                f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} |"
+                for name, c in test["per_class"].items()
+            ],
+            "",
+        ]
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     lines += [
@@ -80,10 +95,19 @@ def write_report(path: Path, summary: RunSummary, config: dict[str, Any], figure
         "",
         "## Files",
         "",
-        "`metrics.json` (all numbers), `predictions_test.csv` (per-sample predictions), `checkpoints/best.pt` "
+        (
+            ""
+            if pruned_at is not None
+            else "`metrics.json` (all numbers), `predictions_test.csv` (per-sample predictions), "
+        )
+        + "`checkpoints/best.pt` "
         "and `checkpoints/last.pt`, `provenance.json` (code version, command, environment, status), "
-        "`requirements.txt`, `logs/run.log` and `logs/run.jsonl`, `.hydra/` (config and overrides as Hydra composed them); "
-        "with `export.enabled=true`, `exports/` (ONNX models and benchmark.json).",
+        "`requirements.txt`, `logs/run.log` and `logs/run.jsonl`, `.hydra/` (config and overrides as Hydra composed them)"
+        + (
+            "."
+            if pruned_at is not None
+            else "; with `export.enabled=true`, `exports/` (ONNX models and benchmark.json)."
+        ),
         "",
         "## Config",
         "",

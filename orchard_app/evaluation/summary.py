@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclass
 class RunSummary:
-    test: dict[str, Any]  # the best checkpoint's test metrics, `per_class` included
+    test: dict[str, Any] | None  # the best checkpoint's test metrics (None: a pruned trial)
     best_epoch: int | None
     monitor: dict[str, Any]  # name, mode, best_value
     epochs_run: int
@@ -23,7 +23,7 @@ class RunSummary:
     history: list[Mapping[str, Any]]  # the epoch records (engine.resume.EpochRecord)
 
     @classmethod
-    def of(cls, cfg, engine, data, test: dict, n_params: int, seconds: float) -> RunSummary:
+    def of(cls, cfg, engine, data, test: dict | None, n_params: int, seconds: float) -> RunSummary:
         info, state = data.info, engine.state
         return cls(
             test=test, best_epoch=state.best_epoch,

@@ -1,6 +1,7 @@
 """A study's artifacts in its sweep dir, rewritten as trials end (so they are current
-during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png; with
-tracking=mlflow, the sweep's parent run shows the same (tracking.update_sweep_page)."""
+during the sweep too): study.csv, top_trials.md, best_config.yaml and figures/*.png (the
+figures at most once a minute during the study, and at its end); with tracking=mlflow, the
+sweep's parent run shows the same (tracking.update_sweep_page)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import csv
 import importlib.util
 import io
 import logging
+import math
 import shlex
+import time
 import warnings
 from pathlib import Path
 
@@ -27,13 +30,19 @@ log = logging.getLogger("orchard_app.hpo")
 TOP = 5
 
 
-def write(study: optuna.Study, sweep_dir: Path, config) -> None:
+FIGURES_EVERY_S = 60.0  # while the study runs; drawing them costs ~1 s, more than a trial may
+_drawn: dict[Path, float] = {}  # sweep dir -> when its figures were last drawn (monotonic)
+
+
+def write(study: optuna.Study, sweep_dir: Path, config, final: bool = True) -> None:
     """The study's files, then its MLflow page (nothing unless tracking=mlflow)."""
-    write_files(study, sweep_dir, config)
+    write_files(study, sweep_dir, config, final)
     update_sweep_page(config, sweep_dir, study=study)
 
 
-def write_files(study: optuna.Study, sweep_dir: Path, config) -> None:
+def write_files(study: optuna.Study, sweep_dir: Path, config, final: bool = True) -> None:
+    """With `final=False` (as trials end) the figures are redrawn at most every
+    FIGURES_EVERY_S seconds, so that they do not add to every trial's cost."""
     trials = study.get_trials(deepcopy=False)
     atomic_write(sweep_dir / layout.STUDY_CSV, study_csv(trials))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -41,7 +50,9 @@ def write_files(study: optuna.Study, sweep_dir: Path, config) -> None:
         return
     atomic_write(sweep_dir / layout.TOP_TRIALS, top_trials(study, complete, config))
     best_config(study.best_trial, sweep_dir, config, study.study_name)
-    figures(study, sweep_dir / layout.FIGURES_DIR, str(config.training.monitor))
+    if final or time.monotonic() - _drawn.get(sweep_dir, -math.inf) >= FIGURES_EVERY_S:
+        figures(study, sweep_dir / layout.FIGURES_DIR, str(config.training.monitor))
+        _drawn[sweep_dir] = time.monotonic()
 
 
 def study_csv(trials) -> str:

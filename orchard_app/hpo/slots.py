@@ -105,7 +105,7 @@ class _Artifacts:
         while True:
             self.again = False
             try:
-                report.write(self.study, self.sweeper.sweep_dir, self.sweeper.config)
+                report.write(self.study, self.sweeper.sweep_dir, self.sweeper.config, final=False)
             except Exception as e:  # the sweeper writes them once more at its end
                 log.debug("study artifacts not written now: %s", e)
             if not self.again:

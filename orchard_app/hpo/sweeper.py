@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchard_app.config import monitor_direction
 from orchard_app.errors import ConfigError, HpoError, OrchardError, first_line, print_error
-from orchard_app.hpo import report, slots
+from orchard_app.hpo import metadata, report, slots
 from orchard_app.hpo.contract import trial_env
 from orchard_app.hpo.pruners import OPTUNA_TARGETS, make_pruner
 from orchard_app.hpo.space import search_space, spelled_space
@@ -81,7 +81,7 @@ class StudySweeper:
             raise HpoError("hydra.sweeper.custom_search_space is not supported by orchard_optuna; "
                            "write the space under hydra.sweeper.params")  # fmt: skip
         self.sampler = instantiate(sampler, _execution_whitelist_=OPTUNA_TARGETS)
-        self.direction, self.storage, self.study_name = direction, storage, study_name or "orchard"
+        self.direction, self.storage, self.study_name = direction, storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), max(1, int(n_jobs))
         self.max_failure_rate, self.params = float(max_failure_rate), params or {}
         self.pruner = make_pruner(pruner)
@@ -126,6 +126,9 @@ class StudySweeper:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
             storage = open_storage(url, self.heartbeat, self.grace, self.max_retry)
+            self.study_name = metadata.study_name(
+                self.study_name, optuna.get_all_study_names(storage), self.config
+            )
             study = optuna.create_study(
                 study_name=self.study_name, storage=storage, sampler=self.sampler,
                 pruner=self.pruner, direction=self._direction(), load_if_exists=True,
@@ -157,6 +160,8 @@ class StudySweeper:
                      "hydra.sweeper.n_trials=%d in all (raise it to run more)", _done(study),
                      self.n_trials)  # fmt: skip
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides)
+        metadata.describe(study, self.config, {k: spelled_space(d) for k, d in space.items()},
+                          fixed_args)  # fmt: skip
         self._launching: list = []
         try:
             if self.asynchronous and hasattr(self.launcher, "submit"):
@@ -207,7 +212,7 @@ class StudySweeper:
                     self._tell(study, trial, ret)
                 returns += results
             optuna.storages.fail_stale_trials(study)  # lost trials (heartbeats): retried
-            report.write(study, self.sweep_dir, self.config)
+            report.write(study, self.sweep_dir, self.config, final=False)
             self._check_failures(study)
         return returns
 

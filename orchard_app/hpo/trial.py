@@ -66,6 +66,7 @@ class JobTrial:
             print(f"\norchard_app: the study storage {masked(self.url)} stopped answering "
                   f"({why_storage_failed(e)}); this job goes on without pruning and "
                   "keeps its outcome in its run dir and jobs.jsonl.", file=sys.stderr, flush=True)  # fmt: skip
+        self.history: list[dict[str, float]] = []  # the validation epochs, kept if pruned
 
     @classmethod
     def from_env(cls) -> JobTrial | None:
@@ -81,9 +82,12 @@ class JobTrial:
 
     def on_epoch_end(self, record: dict[str, Any], engine: Any) -> None:
         value, epoch = float(record[engine.monitor]), int(record["epoch"])
+        self.history.append({k: record[k] for k in record if k == "epoch" or k.startswith("val_")}
+                            | {"seconds": record["seconds"]})  # fmt: skip
         if self._silent:
             return
         try:
+            self.trial.set_user_attr("epoch_seconds", sum(h["seconds"] for h in self.history))
             if math.isfinite(value):
                 self.trial.report(value, step=epoch)
             prune = self.trial.should_prune()
@@ -109,6 +113,9 @@ class JobTrial:
         try:
             if epoch is not None:
                 self.trial.set_user_attr("epochs_run", epoch)
+            if outcome == Outcome.PRUNED:  # what it learnt before it was stopped, for the study
+                self.trial.set_user_attr("pruned_at_epoch", epoch)
+                self.trial.set_user_attr("val_history", self.history)
             if state == TrialState.FAIL:
                 self.trial.set_user_attr("error", error)
         except STORAGE_ERRORS as e:

@@ -2,7 +2,8 @@
 
 Returns the best validation value of `training.monitor`, the number Hydra sweepers optimise.
 The test split is evaluated once, with the best checkpoint. metrics.json is written last
-(after the figures, the report and the export), so its presence means the run finished.
+(after the figures, the report and the export), so its presence means the run finished. A
+trial its pruner stops writes only a report of its validation epochs (no test, no figures).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from orchard_app.config.resolvers import (
 from orchard_app.config.validate import validate
 from orchard_app.distributed.rank import process_rank
 from orchard_app.engine.loop import Engine, EpochCallback, StepHook
-from orchard_app.errors import TrainingInterrupted
+from orchard_app.errors import RunPruned, TrainingInterrupted
 from orchard_app.evaluation.artifacts import write_metrics, write_results
 from orchard_app.evaluation.metrics import per_class_report
+from orchard_app.evaluation.report import write_report
 from orchard_app.evaluation.summary import RunSummary
 from orchard_app.run.assemble import assemble
 from orchard_app.run.context import RunContext, stop_policy
@@ -100,7 +102,14 @@ def train(
 
         progress.phase = "training"
         started = time.perf_counter()
-        state = engine.fit()
+        try:
+            state = engine.fit()
+        except RunPruned as e:  # a pruned trial needs no test, figures or export: a short report
+            if ctx.is_main:
+                summary = RunSummary.of(cfg, engine, data, None, parts.n_params,
+                                        time.perf_counter() - started)  # fmt: skip
+                write_report(run_path / layout.REPORT, summary, config, [], pruned_at=e.epoch)
+            raise
         train_seconds = time.perf_counter() - started
 
         progress.phase = "the test evaluation"

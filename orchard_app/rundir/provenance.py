@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -83,6 +84,7 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache  # one process, one environment: a study's in-process trials list it once
 def requirements() -> str:
     pkgs = {}
     for dist in metadata.distributions():
