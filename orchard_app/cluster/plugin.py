@@ -220,8 +220,10 @@ def _lost(job: Any, state: str, reason: str, sweep_dir: Path, num: int) -> JobRe
     local = getattr(job, "_process", None) is not None
     where = f"local job (pid {job.job_id})" if local else f"SLURM job {job.job_id}"
     why = f"{where} ended {state}" + (f" ({reason})" if reason else "")
-    # killed, out of memory, a node lost: a study retries it (hydra.sweeper.max_retry)
-    return _failed(job, outcome, why + " without a result", sweep_dir, num, lost=True)
+    # killed, out of memory, a node lost: a study retries it (hydra.sweeper.max_retry); not a
+    # time limit, which a retry would meet again
+    lost = outcome == Outcome.FAILED
+    return _failed(job, outcome, why + " without a result", sweep_dir, num, lost=lost)
 
 
 def _failed(job: Any, outcome: Outcome, error: str, sweep_dir: Path, num: int,

@@ -71,6 +71,14 @@ log = logging.getLogger("orchard_app.hpo")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+class _Grid(optuna.samplers.GridSampler):
+    """The sweeper stops at the grid's size itself (n_trials); Optuna's own stop() when the
+    grid is used up raises outside study.optimize, here in any study.tell."""
+
+    def after_trial(self, *args: Any) -> None:
+        pass
+
+
 class StudySweeper:
     def __init__(self, sampler: Any, direction: Any, storage: str | None, study_name: str | None,
                  n_trials: int, n_jobs: int, max_failure_rate: float, params: Any = None,
@@ -371,7 +379,7 @@ class StudySweeper:
             and self.sampler.func is optuna.samplers.GridSampler
         ):
             grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
-            self.sampler = self.sampler(grid)
+            self.sampler = _Grid(*self.sampler.args, grid, **self.sampler.keywords)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
 
     def _fail_stale(self, study: optuna.Study) -> int:

@@ -44,6 +44,7 @@ class JobTrial:
         )
         self.trial = optuna.trial.Trial(self.study, trial_id)
         self._silent = False  # the storage stopped answering (said once)
+        self.history: list[dict[str, float]] = []  # the validation epochs, kept if pruned
         self._beating = threading.Event()
         if heartbeat and getattr(self.study._storage, "get_heartbeat_interval", lambda: None)():
             threading.Thread(target=self._beat, args=(trial_id, heartbeat), daemon=True).start()
@@ -66,7 +67,6 @@ class JobTrial:
             print(f"\norchard_app: the study storage {masked(self.url)} stopped answering "
                   f"({why_storage_failed(e)}); this job goes on without pruning and "
                   "keeps its outcome in its run dir and jobs.jsonl.", file=sys.stderr, flush=True)  # fmt: skip
-        self.history: list[dict[str, float]] = []  # the validation epochs, kept if pruned
 
     @classmethod
     def from_env(cls) -> JobTrial | None:
