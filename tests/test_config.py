@@ -261,6 +261,7 @@ def test_slug_makes_a_name_one_safe_path_component(name, safe):
     assert slug(name) == safe
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_run_dir_stays_under_outputs_whatever_the_dataset_name(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -348,6 +348,7 @@ def test_other_shared_sets_load_with_their_task(shared_medmnist, name, task, cla
     assert data.info.counts == info["n_samples"]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_bloodmnist_trains_one_epoch(shared_medmnist, tmp_path):
     cfg = compose("dataset=bloodmnist", f"dataset.root={shared_medmnist}", "model=mini_cnn", "training.epochs=1",
                   "dataset.max_samples=600", "evaluation.figures=false", "hardware.num_threads=1")  # fmt: skip

@@ -192,6 +192,7 @@ def test_multi_label_export_gives_one_sigmoid_per_label(tmp_path):
     assert sorted(p.name for p in (run / "exports").iterdir()) == ["benchmark.json", "model.onnx"]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_deviation_beyond_the_tolerance_fails_with_the_deviation_printed(tmp_path):
     npz = make_npz(tmp_path / "d.npz")
     args = tiny_overrides(npz, "export.enabled=true", "export.max_deviation=1e-15",

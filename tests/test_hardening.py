@@ -57,6 +57,7 @@ def test_a_refused_run_leaves_the_busy_runs_record_untouched(tiny_npz, tmp_path)
     assert {n: (run / ".hydra" / n).read_text() for n in record} == record
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_finished_run_dir_is_not_reused_but_can_be_resumed(tiny_npz, tmp_path):
     run = tmp_path / "done"
     first = run_cli(f"hydra.run.dir={run}", *tiny_overrides(tiny_npz), cwd=tmp_path)
@@ -319,6 +320,7 @@ def test_sigterm_during_the_test_evaluation_names_the_checkpoint(tiny_npz, tmp_p
     assert "before training" not in text
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_sweep_with_a_failing_job_ends_with_a_summary_and_exit_1(failing_sweep):
     cwd, result = failing_sweep
     assert result.returncode == 1, result.stderr
@@ -343,6 +345,7 @@ def test_the_resume_log_line_reads_well(tiny_npz, tmp_path):
     assert "at the end of epoch 1" in log and "at after" not in log
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_interrupted_cli_prints_a_resume_command_for_the_same_dir(tmp_path):
     shutil.rmtree(tmp_path / "outputs", ignore_errors=True)
     npz = make_npz(tmp_path / "d.npz", counts=(960, 32, 32))

@@ -119,6 +119,7 @@ def test_the_same_sweep_again_in_its_sweep_dir_names_the_way_out(failing_sweep, 
     assert "\n" not in row["error"]  # all of it in the summary table's one line
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_the_rerun_of_a_continued_run_names_its_run_dir(tiny_npz, tmp_path):
     run = tmp_path / "run"
     done = run_cli(f"hydra.run.dir={run}", *tiny_overrides(tiny_npz, "training.resume=auto"),
@@ -220,6 +221,7 @@ def test_a_silent_ddp_peer_times_out_as_one_distributed_error(tiny_npz, tmp_path
     )
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_hardware_ddp_in_one_process_says_so_once(tiny_npz, tmp_path):
     done = run_cli(*tiny_overrides(tiny_npz, "hardware=ddp", "hardware.device=cpu"),
                    f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, timeout=240)  # fmt: skip

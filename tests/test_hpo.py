@@ -118,6 +118,7 @@ def test_a_three_trial_study_writes_its_artifacts_and_best_config_reruns(npz, tm
     assert rerun.returncode == 0
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_trials_that_cannot_learn_are_pruned_not_failed(npz, tmp_path):
     sweep = tmp_path / "sweep"
     result = ok(run_cli(*study_args(npz, sweep, "training.epochs=4", "hydra/sweeper/sampler=grid",
@@ -175,6 +176,7 @@ def test_n_trials_is_the_total_and_a_rerun_continues_the_numbering(npz, tmp_path
     assert {k: after[k] for k in first} == first  # the first three job dirs were not written again
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_trial_left_running_by_a_killed_sweep_is_failed_on_resume(npz, tmp_path):
     import optuna
 
@@ -193,6 +195,7 @@ def test_a_trial_left_running_by_a_killed_sweep_is_failed_on_resume(npz, tmp_pat
     assert "left running by a stopped sweep" in table[0]["error"]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_failing_trial_is_recorded_with_its_error_and_the_study_goes_on(npz, tmp_path):
     sweep = tmp_path / "sweep"
     result = ok(run_cli(*study_args(npz, sweep, "hydra/sweeper/sampler=grid", "training.epochs=1",

@@ -62,6 +62,7 @@ def write_rows(sweep: Path, *rows: dict) -> None:
 
 
 # ---------------------------------------------------------------------- 1. direction
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_the_stock_optuna_sweeper_maximises_accuracy_and_reports_the_best(tiny_npz, tmp_path):
     result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
                      "optimizer.lr=tag(log,interval(1e-4,1e-2))", *tiny_overrides(tiny_npz),
