@@ -273,6 +273,7 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(
     assert b["resumed_from"] == err.value.checkpoint and len(b["history"]) == 3
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_checkpoint_of_another_model_is_refused_before_loading(finished_run, shared_npz, tmp_path):
     run = finished_run[0]  # mini_cnn: train(compose(*tiny_overrides(shared_npz)), run)
     last = run / "checkpoints" / "last.pt"

@@ -368,6 +368,7 @@ def test_export_warns_when_the_checkpoint_is_another_runs_or_the_run_did_not_com
     assert any("did not complete (status interrupted)" in w and "epoch 1" in w for w in warnings)
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_export_warns_when_the_best_checkpoint_was_changed_after_the_run(
     finished_run, tmp_path, capsys
 ):

@@ -173,6 +173,7 @@ def test_a_full_disk_is_one_message_with_no_temp_files_and_a_failed_record(small
     assert read_json(run / "provenance.json")["status"] == "failed"
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_full_disk_on_the_cli_prints_no_traceback(small_disk, tiny_npz, tmp_path):
     result = run_cli(f"hydra.run.dir={small_disk / 'run'}", *tiny_overrides(tiny_npz), cwd=tmp_path)
     assert result.returncode == 1 and "No space left on device" in result.stderr
@@ -367,6 +368,7 @@ def test_interrupted_cli_prints_a_resume_command_for_the_same_dir(tmp_path):
     assert f"hydra.run.dir={run.resolve()}" in text and "training.resume=auto" in text
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_an_unsafe_pickle_is_refused_without_passing_on_the_unsafe_advice(tiny_npz, tmp_path):
     class Evil:
         def __reduce__(self):

@@ -191,12 +191,14 @@ def _spawn(tiny_npz, tmp_path, case: str) -> list[dict]:
     ]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_ddp_ranks_with_different_settings_are_refused_naming_the_keys(tiny_npz, tmp_path):
     zero, one = _spawn(tiny_npz, tmp_path, "differ")
     assert zero["type"] == one["type"] == "ConfigError"
     assert "training.batch_size=16 / 32" in zero["text"] and "training.seed=0 / 1" in zero["text"]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_ddp_ranks_reading_different_data_are_refused_naming_the_sizes(tiny_npz, tmp_path):
     zero, one = _spawn(tiny_npz, tmp_path, "data")
     assert zero["type"] == one["type"] == "ConfigError"
@@ -204,6 +206,7 @@ def test_ddp_ranks_reading_different_data_are_refused_naming_the_sizes(tiny_npz,
     assert "steps per epoch 6 / 3" in zero["text"] and "training samples 96 / 48" in zero["text"]
 
 
+@pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
 def test_a_dead_ddp_peer_is_one_distributed_error_on_rank_0(tiny_npz, tmp_path):
     zero, one = _spawn(tiny_npz, tmp_path, "kill")
     assert one is None and zero["type"] == "DistributedError"

@@ -153,7 +153,7 @@ def test_a_study_of_another_monitor_is_refused_before_its_values_are_shown(npz, 
 
 
 @pytest.mark.parametrize(("space", "states"), [
-    ("training.seed=choice(0,abc)", ["COMPLETE", "FAIL"]),
+    pytest.param("training.seed=choice(0,abc)", ["COMPLETE", "FAIL"], marks=pytest.mark.slow),
     ("training.no_such_key=choice(1,2)", ["FAIL", "FAIL"]),
 ])  # fmt: skip
 def test_sampled_values_hydra_cannot_compose_fail_their_trial_and_the_study_goes_on(
