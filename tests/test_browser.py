@@ -91,13 +91,14 @@ def test_a_tracked_study_reads_as_one_page_in_mlflow_and_optuna_dashboard(tmp_pa
               f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
               "--workers", "1"]  # fmt: skip
     with serve(server, f"{base}/health", tmp_path, tmp_path / "mlflow_server.log"):
-        # 3 trials of hpo=quick; one learning rate is hopeless, and the median pruner may stop
-        # a trial after its first epoch: the seeded sampler draws it for trial 2
+        # 3 trials of a 2 x 2 grid (so both learning rates run, whatever the order); the hopeless
+        # one is stopped by the threshold pruner after its second epoch, the other completes
         result = run_cli(
-            "-m", "hpo=quick",
+            "-m", "hydra/sweeper=orchard_optuna", "hydra/sweeper/sampler=grid",
             *tiny_overrides(npz, "training.epochs=3", "evaluation.figures=true"),
-            "optimizer.lr=choice(0.003,0.0000001)", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=1",
+            "optimizer.lr=choice(0.003,0.0000001)", "model.dropout=choice(0.0,0.1)",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.5,n_warmup_steps:2}",
             "tracking=mlflow", f"tracking.uri={base}", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -143,7 +144,7 @@ def test_a_tracked_study_reads_as_one_page_in_mlflow_and_optuna_dashboard(tmp_pa
                      "direction", "maximize", "n_trials", "study/best_val_accuracy",
                      "study/trials_pruned"):  # fmt: skip
             assert page.get_by_text(text, exact=True).count() >= 1, text
-        pruner = re.compile(r"^MedianPruner\(n_startup_trials=1, n_warmup_steps=1\b")
+        pruner = re.compile(r"^ThresholdPruner\(.*lower=0\.5")
         assert page.get_by_text(pruner).count() == 1
         best_row = page.get_by_role("row").filter(has_text="study/best_val_accuracy")
         assert f"{study.best_value:.10g}" in best_row.first.inner_text()  # as JS prints it

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 LOCAL = ["hydra/launcher=local", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2"]
 
 
-def trials(url: str, name: str = "orchard"):
+def trials(url: str, name: str | None = None):
+    """The trials of the study `name`, or of the storage's only study (named after the run)."""
     import optuna
 
     return optuna.load_study(study_name=name, storage=url).trials

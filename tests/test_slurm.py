@@ -296,7 +296,7 @@ def test_a_study_keeps_both_slots_busy_with_one_job_per_trial_and_a_requeued_tri
     from orchard_app.hpo.storage import open_storage
 
     journal = open_storage(f"journal:///{out / 'optuna.journal'}")
-    trials = optuna.load_study(study_name="orchard", storage=journal).trials
+    trials = optuna.load_study(study_name=None, storage=journal).trials  # its only study
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     longer = max(trials[:2], key=lambda t: t.datetime_complete)
     assert trials[2].datetime_start < longer.datetime_complete  # no batch barrier
