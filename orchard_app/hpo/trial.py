@@ -90,7 +90,8 @@ class JobTrial:
             self.trial.set_user_attr("epoch_seconds", sum(h["seconds"] for h in self.history))
             if math.isfinite(value):
                 self.trial.report(value, step=epoch)
-            prune = self.trial.should_prune()
+            # never at the last epoch: stopping then saves nothing and drops a finished result
+            prune = epoch < engine.epochs and self.trial.should_prune()
         except STORAGE_ERRORS as e:
             self._lost_storage(e)
             return
