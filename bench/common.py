@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,3 +35,16 @@ def rate(fn: Callable[[], int], min_seconds: float = 3.0, max_calls: int | None 
         done += fn()
         calls += 1
     return done / (time.perf_counter() - start)
+
+
+def timed_study(sweep: Path, *args: str) -> float:
+    """Wall seconds of `python -m orchard_app -m hpo=quick` into `sweep` on real BloodMNIST; a
+    failing study ends the benchmark with its console's last lines."""
+    command = [sys.executable, "-m", "orchard_app", "-m", "hpo=quick", f"hydra.sweep.dir={sweep}",
+               "dataset=bloodmnist", f"dataset.root={data_root()}", "evaluation.figures=false",
+               *args]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"study failed ({' '.join(args)}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started

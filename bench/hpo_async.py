@@ -11,28 +11,18 @@ utilisation >= 0.9, wall time <= 0.8 of batched, best value within 1%.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import ROOT, data_root
+from common import timed_study
 
 TRIALS, EPOCHS, SAMPLES, SLOTS = 16, 6, 3000, 2
 
 
 def study(sweep: Path, *extra: str) -> float:
-    args = [sys.executable, "-m", "orchard_app", "-m", "hpo=quick", f"hydra.sweep.dir={sweep}",
-            "hydra/launcher=local", f"hydra.sweeper.n_jobs={SLOTS}", "dataset=bloodmnist",
-            f"dataset.root={data_root()}", f"dataset.max_samples={SAMPLES}",
-            f"training.epochs={EPOCHS}", f"hydra.sweeper.n_trials={TRIALS}",
-            "evaluation.figures=false", "hardware.num_threads=1", *extra]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"study failed ({' '.join(extra)}):\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
+    return timed_study(sweep, "hydra/launcher=local", f"hydra.sweeper.n_jobs={SLOTS}",
+                       f"dataset.max_samples={SAMPLES}", f"training.epochs={EPOCHS}",
+                       f"hydra.sweeper.n_trials={TRIALS}", "hardware.num_threads=1", *extra)  # fmt: skip
 
 
 def summary(sweep: Path, wall: float) -> dict:

@@ -3,7 +3,6 @@ workers on one study, and lost trials noticed by their heartbeats and retried.""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_npz, run_cli
-from test_hpo import ok, postgres_url, rows, study_args  # noqa: F401 (postgres_url: a fixture)
+from test_hpo import ok, postgres_server, postgres_url, rows, study_args  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 LOCAL = ["hydra/launcher=local", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2"]
@@ -158,50 +157,9 @@ def test_sweeps_creating_one_sqlite_study_at_the_same_instant_share_it(tmp_path,
     assert len(set(ids)) == 1
 
 
-@pytest.fixture
-def postgres_server():
-    """A throw-away PostgreSQL server that the test can stop and start again: (url, pg_ctl)."""
-    import shutil
-    import tempfile
-
-    from test_hpo import _free_port
-
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg[binary] is a dev dependency (make install)")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = Path(tempfile.mkdtemp(prefix="orchard-pg-", dir="/tmp"))
-    if as_user:
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-
-    def pg(*args: str) -> None:
-        done = subprocess.run([*as_user, str(bins[-1].parent / args[0]), *args[1:]],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-
-    def ctl(action: str) -> None:
-        extra = (
-            ["-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1"]
-            if action == "start"
-            else []
-        )
-        pg("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-m", "fast", "-w", action,
-           *extra)  # fmt: skip
-
-    pg("initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
-    ctl("start")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
-    finally:
-        with contextlib.suppress(AssertionError):
-            ctl("stop")
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def test_a_storage_that_stops_mid_study_is_one_message_and_the_same_command_resumes(
-    tmp_path, postgres_server
+    tmp_path,
+    postgres_server,  # noqa: F811 (the fixture imported above)
 ):
     url, ctl = postgres_server
     npz = make_npz(tmp_path / "d.npz", counts=(960, 32, 32))
