@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -210,3 +211,58 @@ def only_run_dir(base: Path) -> Path:
     dirs = [p for p in (base / "outputs").glob("*/*") if p.is_dir()]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_server():
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package; .ci/run
+    installs it) that a test can stop and start again: (url, ctl). initdb refuses to run as
+    root, so as root it runs as the postgres user."""
+    import shutil
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg[binary] is a dev dependency (make install)")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="orchard-pg-", dir="/tmp"))
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        done = subprocess.run([*as_user, str(bins[-1].parent / args[0]), *args[1:]],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def ctl(action: str) -> None:
+        extra = (
+            ["-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1"]
+            if action == "start"
+            else []
+        )
+        pg("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-m", "fast", "-w", action,
+           *extra)  # fmt: skip
+
+    pg("initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres")
+    ctl("start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", ctl
+    finally:
+        with contextlib.suppress(AssertionError):  # a test may have stopped it
+            ctl("stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    return postgres_server[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_npz, run_cli
-from test_hpo import ok, postgres_server, postgres_url, rows, study_args  # noqa: F401 (fixtures)
+from test_hpo import ok, rows, study_args
 
 pytestmark = pytest.mark.slow
 LOCAL = ["hydra/launcher=local", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2"]
@@ -79,7 +79,7 @@ def test_ctrl_c_stops_the_trials_in_flight_and_the_same_command_continues_to_the
     assert retried == {r["params_optimizer.lr"] for r in stopped}  # queued ones first
 
 
-def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):  # noqa: F811
+def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
     npz = make_npz(tmp_path / "d.npz")
     common = [f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.study_name=shared",
               "hydra.sweeper.n_trials=5", "training.epochs=1"]  # fmt: skip
@@ -159,7 +159,7 @@ def test_sweeps_creating_one_sqlite_study_at_the_same_instant_share_it(tmp_path,
 
 def test_a_storage_that_stops_mid_study_is_one_message_and_the_same_command_resumes(
     tmp_path,
-    postgres_server,  # noqa: F811 (the fixture imported above)
+    postgres_server,
 ):
     url, ctl = postgres_server
     npz = make_npz(tmp_path / "d.npz", counts=(960, 32, 32))

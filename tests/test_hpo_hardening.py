@@ -10,7 +10,6 @@ from conftest import make_npz, run_cli
 from test_hpo import (
     BARE,
     ok,
-    postgres_url,  # noqa: F401 (a fixture)
     rows,
     study_args,
 )
@@ -181,7 +180,7 @@ def test_a_postgresql_password_is_masked_in_what_the_sweep_prints(npz, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_postgresql_password_is_not_stored_in_the_jobs_files(npz, tmp_path, postgres_url):  # noqa: F811
+def test_a_postgresql_password_is_not_stored_in_the_jobs_files(npz, tmp_path, postgres_url):
     url = postgres_url.replace("postgres@", "postgres:s3cret@")  # trust auth: any password works
     sweep = tmp_path / "sweep"
     result = ok(run_cli(*study_args(npz, sweep, f"hydra.sweeper.storage={url}", "training.epochs=1",
