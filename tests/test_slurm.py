@@ -78,19 +78,6 @@ def test_a_failing_task_is_reported_with_its_log_while_the_others_complete(clust
     assert f"log: {rows[2]['log']}" in done.stderr
 
 
-def test_a_time_limit_with_no_requeue_left_is_reported_as_a_timeout(cluster, tmp_path):
-    npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
-    started = time.monotonic()
-    done, out = sweep(tmp_path, *tiny_overrides(npz, "training.epochs=50"), "hardware.num_threads=1",
-                      "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
-                      "hydra.launcher.max_num_timeout=0")  # fmt: skip
-    assert done.returncode == 1 and time.monotonic() - started < 240
-    (row,) = raw_rows(out)  # one row: not `requeued` first
-    assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
-    assert "requeued (it resumes" not in done.stderr  # no progress line says it will
-    assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
-
-
 def _wait_for(path_glob: str, base: Path, proc: subprocess.Popen, seconds: float = 180) -> Path:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -156,13 +143,20 @@ def test_a_job_cancelled_from_outside_is_one_cancelled_row_and_exit_1(cluster, t
     assert "interrupted" not in err.split("sweep " + str(out))[-1]  # the summary table
 
 
-def test_the_same_sweep_after_a_timeout_names_the_way_out_and_then_continues(cluster, tmp_path):
+def test_a_timeout_with_no_requeue_left_is_reported_and_the_same_sweep_names_the_way_out(
+    cluster, tmp_path
+):
     npz = make_npz(tmp_path / "d.npz", counts=(4800, 64, 64))
     args = (*tiny_overrides(npz, "training.epochs=50"), "hardware.num_threads=1",
             "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
             "hydra.launcher.max_num_timeout=0")  # fmt: skip
-    done, out = sweep(tmp_path, *args)
-    assert done.returncode == 1 and jobs(out)[0]["outcome"] == "timeout", done.stderr[-3000:]
+    started = time.monotonic()
+    done, out = sweep(tmp_path, *args)  # no requeue left: reported as a timeout
+    assert done.returncode == 1 and time.monotonic() - started < 240, done.stderr[-3000:]
+    (row,) = raw_rows(out)  # one row: not `requeued` first
+    assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
+    assert "requeued (it resumes" not in done.stderr  # no progress line says it will
+    assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
 
     again, _ = sweep(tmp_path, *args)  # the same command: its job's run dir holds the first run
     (row,) = jobs(out).values()
