@@ -1,5 +1,6 @@
-"""What median pruning buys: the same 12-trial `hpo=quick` study on BloodMNIST, with and
-without pruning (`hpo/pruner=none`), same sampler seed, one after the other as a user would.
+"""What median pruning buys: the same `hpo=quick` study on BloodMNIST (24 trials; --trials to
+change it), with and without pruning (`hpo/pruner=none`), same sampler seed, one after the other
+as a user would.
 
 Prints each study's wall time, trials pruned and best value, the wall-time ratio, and the
 fixed cost per trial in-process (a trial's time outside its epochs, ask to tell: job config,
@@ -16,12 +17,12 @@ from pathlib import Path
 
 from common import timed_study
 
-TRIALS, EPOCHS, SAMPLES = 12, 8, 2000
+EPOCHS, SAMPLES = 8, 2000
 
 
-def study(sweep: Path, *extra: str) -> float:
+def study(sweep: Path, trials: int, *extra: str) -> float:
     return timed_study(sweep, f"dataset.max_samples={SAMPLES}", f"training.epochs={EPOCHS}",
-                       f"hydra.sweeper.n_trials={TRIALS}", "hardware.num_threads=2", *extra)  # fmt: skip
+                       f"hydra.sweeper.n_trials={trials}", "hardware.num_threads=2", *extra)  # fmt: skip
 
 
 def summary(sweep: Path, wall: float) -> dict:
@@ -53,18 +54,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--curves", type=Path, help="leave the unpruned study's curves there "
                         "(bloodmnist.json, for bench/hpo_warmup.py --curves)")  # fmt: skip
+    parser.add_argument("--trials", type=int, default=24, help="trials per study (default 24)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         pruned_dir, plain_dir = Path(tmp) / "pruned", Path(tmp) / "plain"
-        t_pruned = study(pruned_dir)
-        t_plain = study(plain_dir, "hpo/pruner=none")
+        t_pruned = study(pruned_dir, args.trials)
+        t_plain = study(plain_dir, args.trials, "hpo/pruner=none")
         a, b = summary(pruned_dir, t_pruned), summary(plain_dir, t_plain)
         if args.curves:
             from hpo_warmup import save_curves
 
             args.curves.mkdir(parents=True, exist_ok=True)
             save_curves(plain_dir, args.curves / "bloodmnist.json", t_plain)
-    print(f"bloodmnist, mini_cnn, {SAMPLES} training samples, {EPOCHS} epochs, {TRIALS} trials, "
+    print(f"bloodmnist, mini_cnn, {SAMPLES} training samples, {EPOCHS} epochs, {args.trials} trials, "
           "TPE seed 42, 2 threads; hpo=quick's median pruner (3 start-up trials, warm-up "
           f"hpo.warmup 0.25 x {EPOCHS} epochs)")  # fmt: skip
     print(f"{'':34s}{'median pruning':>16s}{'no pruning':>14s}")
