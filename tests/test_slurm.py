@@ -157,6 +157,8 @@ def test_a_timeout_with_no_requeue_left_is_reported_and_the_same_sweep_names_the
     assert row["outcome"] == "timeout" and "max_num_timeout" in row["error"]
     assert "requeued (it resumes" not in done.stderr  # no progress line says it will
     assert (Path(row["run_dir"]) / "checkpoints" / "last.pt").is_file()  # progress was saved
+    prov = read_json(Path(row["run_dir"]) / "provenance.json")  # the run's record agrees
+    assert prov["status"] == prov["attempts"][-1]["outcome"] == "timeout", prov["attempts"]
 
     again, _ = sweep(tmp_path, *args)  # the same command: its job's run dir holds the first run
     (row,) = jobs(out).values()

@@ -28,7 +28,8 @@ from orchard_app.errors import (
 )
 from orchard_app.outcomes import Outcome, exit_code, is_pruned
 from orchard_app.run.job_record import record_job
-from orchard_app.rundir.layout import run_dir_of_checkpoint, sweep_dir_of_job
+from orchard_app.rundir.layout import PROVENANCE, run_dir_of_checkpoint, sweep_dir_of_job
+from orchard_app.rundir.provenance import amend_outcome
 
 FAILED_JOB_VALUE = float("nan")  # what a failed sweep job returns (Optuna records it as FAIL)
 
@@ -62,6 +63,9 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
                 print(f"\norchard_app: {e}; the job is requeued and continues from there.",
                       file=sys.stderr, flush=True)  # fmt: skip
                 record_job(Outcome.REQUEUED, error=str(e))
+                raise
+            except Exception as no_requeue:  # the run's record said `requeued`: it timed out
+                amend_outcome(run_dir / PROVENANCE, Outcome.TIMEOUT, str(no_requeue))
                 raise
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
             print_error(e, advice=_advice(e))

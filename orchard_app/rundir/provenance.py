@@ -214,6 +214,15 @@ class Provenance:
         write_record(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
+def amend_outcome(path: Path, outcome: str, error: str) -> None:
+    """Correct how the latest attempt ended, once a later step knows better (a job that asked to
+    be requeued, with no requeue left, timed out)."""
+    if (data := read_provenance(path)) and data.get("attempts"):
+        data["attempts"][-1].update(outcome=outcome, error=error)
+        data.update(status=outcome, error=error)
+        write_record(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
 def write_record(path: Path, text: str) -> None:
     """A record file of the run, atomically; a full disk or a read-only directory is one
     StorageError."""
