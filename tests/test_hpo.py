@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -177,21 +178,30 @@ def test_n_trials_is_the_total_and_a_rerun_continues_the_numbering(npz, tmp_path
 
 
 @pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
-def test_a_trial_left_running_by_a_killed_sweep_is_failed_on_resume(npz, tmp_path):
+def test_a_trial_left_running_by_a_killed_sweep_is_failed_on_resume_and_a_live_workers_is_not(
+    npz, tmp_path
+):
     import optuna
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     study = optuna.create_study(study_name="orchard", storage=f"sqlite:///{sweep / STUDY}",
                                 direction="maximize")  # fmt: skip
-    study.ask()  # RUNNING forever: its sweep was killed
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    study.ask().set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")  # its sweep died
+    study.ask()  # asked a moment ago by a live worker that has not named itself on it yet
     ok(
         run_cli(
-            *study_args(npz, sweep, "hydra.sweeper.n_trials=1", "training.epochs=1"), cwd=tmp_path
+            *study_args(npz, sweep, "hydra.sweeper.n_trials=2", "training.epochs=1"), cwd=tmp_path
         )
     )
     table = rows(sweep)
-    assert [(r["number"], r["state"]) for r in table] == [("0", "FAIL"), ("1", "COMPLETE")]
+    assert [(r["number"], r["state"]) for r in table] == [
+        ("0", "FAIL"),
+        ("1", "RUNNING"),  # the live worker's: left alone (failing it broke that worker's ask)
+        ("2", "COMPLETE"),
+    ]
     assert "left running by a stopped sweep" in table[0]["error"]
 
 

@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,10 @@ class StudySweeper:
         took the study's last place at the same moment (then this one is not run)."""
         self._reseed(study)
         trial = study.ask(space)
-        trial.set_user_attr("worker", self.worker)
+        try:
+            trial.set_user_attr("worker", self.worker)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker starting up took it
+            return None  # for a stopped sweep's (clocks apart): not counted, asked again
         trials = study.get_trials(deepcopy=False)
         again = retried(trials)
         ahead = sum(1 for t in trials if t.number < trial.number and t.state != TrialState.WAITING
@@ -386,8 +390,8 @@ class StudySweeper:
         """Trials a stopped sweep left RUNNING: a job of this sweep dir that recorded its end in
         jobs.jsonl while the storage was away is told that end; the others are failed (not
         counted: n_trials runs them again). Another live worker's trials are its own."""
-        stale = [t for t in study.get_trials(deepcopy=False)
-                 if t.state == TrialState.RUNNING and not _alive(t.user_attrs.get("worker"))]  # fmt: skip
+        stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING
+                 and not _alive(t.user_attrs.get("worker")) and not _just_asked(t)]  # fmt: skip
         ended = {r["job"]: r for r in read_jobs(self.sweep_dir)}
         for t in stale:  # pinned: optuna 5
             row = ended.get(t.number) or {}
@@ -467,6 +471,20 @@ def _counts(trial: Any, retried: dict[int, int]) -> bool:
 
 def _same(a: str, b: str | None) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+ASK_GRACE_S = 30.0
+
+
+def _just_asked(trial: optuna.trial.FrozenTrial) -> bool:
+    """A worker asks a trial, then names itself on it: in between, the trial is another live
+    worker's, not a stopped sweep's (failing it there broke that worker's ask)."""
+    started = trial.datetime_start  # naive local time, as Optuna records it
+    return (
+        "worker" not in trial.user_attrs
+        and started is not None
+        and (datetime.now() - started).total_seconds() < ASK_GRACE_S
+    )
 
 
 def _alive(worker: str | None) -> bool:
