@@ -246,6 +246,24 @@ def test_progress_lines_from_another_process_each_once_with_best_and_eta(tmp_pat
     assert not [t for t in threading.enumerate() if t.name == "sweep-progress"]  # it has ended
 
 
+@pytest.mark.parametrize("replay", [True, False])
+def test_a_sweep_rerun_in_its_old_dir_prints_only_its_own_rows_unless_a_study(
+    tmp_path, capsys, replay
+):
+    """A resumed study replays its trials so far; a basic sweep re-run in its old dir does not
+    show the earlier sweep's jobs as its own progress."""
+    write_rows(tmp_path, {"job": 0, "outcome": "timeout", "value": None})  # the earlier sweep
+    progress = Progress(tmp_path, total=1, noun="job", monitor="val_loss", direction="min",
+                        replay=replay)  # fmt: skip
+    write_rows(tmp_path, {"job": 0, "outcome": "completed", "value": 0.3})  # this run's
+    progress.poll()
+    lines = [re.sub(CLOCK, "", line) for line in console_lines(capsys.readouterr().err)]
+    assert [line.split(" | ")[0] for line in lines] == [
+        *(["job #0 timeout"] if replay else []),
+        "job #0 done, val_loss 0.3000",
+    ]
+
+
 def test_best_so_far_follows_a_loss_monitor_downwards(tmp_path, capsys):
     progress = Progress(tmp_path, total=None, noun="job", monitor="val_loss", direction="min")
     write_rows(tmp_path, {"job": 0, "outcome": "completed", "value": 0.7},

@@ -55,7 +55,7 @@ class SweepSummary(Callback):
         self._undo_logs = route_launcher_logs(config, swept_keys(config), noun, optuna)
         ours = str(config.hydra.sweeper.get("_target_", "")).startswith("orchard_app.hpo.")
         self._progress = Progress(sweep_dir, total_jobs(config), noun, str(config.training.monitor),
-                                  direction_of(config), held=ours).start()  # fmt: skip
+                                  direction_of(config), held=ours, replay=ours).start()  # fmt: skip
         self._sweep_config = None if ours else config  # a study's page: hpo/report.py
 
     def on_job_end(self, config, job_return, **kwargs: Any) -> None:

@@ -111,10 +111,12 @@ def release() -> None:
 
 
 class Progress:
-    """`held`: print nothing until `release()` (a study that is refused prints no old rows)."""
+    """`held`: print nothing until `release()` (a study that is refused prints no old rows).
+    `replay`: print the rows already in jobs.jsonl first (a resumed study's trials so far);
+    otherwise a sweep re-run in its old dir says only what this run does."""
 
     def __init__(self, sweep_dir: Path, total: int | None, noun: str, monitor: str, direction,
-                 held: bool = False):  # fmt: skip
+                 held: bool = False, replay: bool = True):  # fmt: skip
         self.released = threading.Event()
         if not held:
             self.released.set()
@@ -122,7 +124,7 @@ class Progress:
         self.monitor, self.direction = monitor, direction
         self.rows: dict[int, dict[str, Any]] = {}
         self.started = time.monotonic()
-        self._offset = 0
+        self._offset = 0 if replay else _size(self.sweep_dir / JOBS)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,6 +190,13 @@ class Progress:
         if outcome == Outcome.REQUEUED:
             return "requeued (it resumes when the scheduler restarts it)"
         return outcome
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # no jobs.jsonl yet
+        return 0
 
 
 def best_job(rows, direction: str) -> dict[str, Any] | None:
