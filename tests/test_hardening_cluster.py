@@ -117,6 +117,7 @@ def test_the_same_sweep_again_in_its_sweep_dir_names_the_way_out(failing_sweep, 
     assert "already holds this job's run (status completed) from an earlier sweep" in row["error"]
     assert "plus training.resume=auto" in row["error"] and "new hydra.sweep.dir" in row["error"]
     assert "\n" not in row["error"]  # all of it in the summary table's one line
+    assert "job #0 done" not in done.stderr  # the earlier sweep's jobs are not this one's progress
 
 
 @pytest.mark.slow  # a CLI run of several seconds: the fast suite stays under 3 minutes
