@@ -55,10 +55,12 @@ def main() -> None:
     parser.add_argument("--curves", type=Path, help="leave the unpruned study's curves there "
                         "(bloodmnist.json, for bench/hpo_warmup.py --curves)")  # fmt: skip
     parser.add_argument("--trials", type=int, default=24, help="trials per study (default 24)")
+    parser.add_argument("overrides", nargs="*", help="for the pruned study only, e.g. "
+                        "hpo.warmup=0.125 or hpo/pruner=hyperband")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         pruned_dir, plain_dir = Path(tmp) / "pruned", Path(tmp) / "plain"
-        t_pruned = study(pruned_dir, args.trials)
+        t_pruned = study(pruned_dir, args.trials, *args.overrides)
         t_plain = study(plain_dir, args.trials, "hpo/pruner=none")
         a, b = summary(pruned_dir, t_pruned), summary(plain_dir, t_plain)
         if args.curves:
@@ -68,8 +70,9 @@ def main() -> None:
             save_curves(plain_dir, args.curves / "bloodmnist.json", t_plain)
     print(f"bloodmnist, mini_cnn, {SAMPLES} training samples, {EPOCHS} epochs, {args.trials} trials, "
           "TPE seed 42, 2 threads; hpo=quick's median pruner (3 start-up trials, warm-up "
-          f"hpo.warmup 0.25 x {EPOCHS} epochs)")  # fmt: skip
-    print(f"{'':34s}{'median pruning':>16s}{'no pruning':>14s}")
+          f"hpo.warmup 0.25 x {EPOCHS} epochs)"
+          + (f"; the pruned study with {' '.join(args.overrides)}" if args.overrides else ""))  # fmt: skip
+    print(f"{'':34s}{'pruning' if args.overrides else 'median pruning':>16s}{'no pruning':>14s}")
     print(f"{'wall time (s)':34s}{t_pruned:16.1f}{t_plain:14.1f}")
     print(f"{'trials pruned':34s}{a['pruned']:16d}{b['pruned']:14d}")
     print(f"{'best val_accuracy':34s}{a['best']:16.4f}{b['best']:14.4f}")
