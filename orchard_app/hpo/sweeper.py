@@ -232,8 +232,8 @@ class StudySweeper:
         trial = study.ask(space)
         try:
             trial.set_user_attr("worker", self.worker)
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker starting up took it
-            return None  # for a stopped sweep's (clocks apart): not counted, asked again
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker's start-up failed it
+            return None  # as a stopped sweep's (clocks apart): it does not count; ask again
         trials = study.get_trials(deepcopy=False)
         again = retried(trials)
         ahead = sum(1 for t in trials if t.number < trial.number and t.state != TrialState.WAITING

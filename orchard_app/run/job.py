@@ -22,6 +22,7 @@ from orchard_app.distributed.rank import process_rank
 from orchard_app.errors import (
     ConfigError,
     OrchardError,
+    StorageError,
     TrainingInterrupted,
     first_line,
     print_error,
@@ -65,7 +66,9 @@ def run_job(cfg: DictConfig, study_trial: Callable[[], Any] | None = None) -> fl
                 record_job(Outcome.REQUEUED, error=str(e))
                 raise
             except Exception as no_requeue:  # the run's record said `requeued`: it timed out
-                amend_outcome(run_dir / PROVENANCE, Outcome.TIMEOUT, str(no_requeue))
+                if process_rank().is_main:  # (the launcher reports it either way)
+                    with contextlib.suppress(StorageError):
+                        amend_outcome(run_dir / PROVENANCE, Outcome.TIMEOUT, str(no_requeue))
                 raise
         if process_rank().is_main:  # (the other processes of a DDP run stopped with it)
             print_error(e, advice=_advice(e))

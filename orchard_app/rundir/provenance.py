@@ -211,7 +211,7 @@ class Provenance:
         )
 
     def write(self) -> None:
-        write_record(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+        write_record(self.path, _as_json(self.data))
 
 
 def amend_outcome(path: Path, outcome: str, error: str) -> None:
@@ -220,7 +220,11 @@ def amend_outcome(path: Path, outcome: str, error: str) -> None:
     if (data := read_provenance(path)) and data.get("attempts"):
         data["attempts"][-1].update(outcome=outcome, error=error)
         data.update(status=outcome, error=error)
-        write_record(path, json.dumps(data, indent=2, default=str) + "\n")
+        write_record(path, _as_json(data))
+
+
+def _as_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, default=str) + "\n"
 
 
 def write_record(path: Path, text: str) -> None:
