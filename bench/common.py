@@ -38,13 +38,21 @@ def rate(fn: Callable[[], int], min_seconds: float = 3.0, max_calls: int | None 
 
 
 def timed_study(sweep: Path, *args: str) -> float:
-    """Wall seconds of `python -m orchard_app -m hpo=quick` into `sweep` on real BloodMNIST; a
-    failing study ends the benchmark with its console's last lines."""
-    command = [sys.executable, "-m", "orchard_app", "-m", "hpo=quick", f"hydra.sweep.dir={sweep}",
+    """Wall seconds of `python -m orchard_app -m hpo=quick` on real BloodMNIST, its sweep dir
+    left at `sweep`; a failing study ends the benchmark with its console's last lines.
+
+    Every study of a benchmark runs at the same path (`sweep`'s folder / "study"), moved to
+    `sweep` once it ends: a seeded sampler mixes the sweep dir into its seed (so that a second
+    study on the same storage draws new values), and the same path makes the compared studies
+    draw the same parameters, not two different samples of the space."""
+    place = sweep.parent / "study"
+    command = [sys.executable, "-m", "orchard_app", "-m", "hpo=quick", f"hydra.sweep.dir={place}",
                "dataset=bloodmnist", f"dataset.root={data_root()}", "evaluation.figures=false",
                *args]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"study failed ({' '.join(args)}):\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
+    place.rename(sweep)
+    return seconds

@@ -10,18 +10,19 @@ utilisation >= 0.9, wall time <= 0.8 of batched, best value within 1%.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import tempfile
 from pathlib import Path
 
 from common import timed_study
 
-TRIALS, EPOCHS, SAMPLES, SLOTS = 16, 6, 3000, 2
+TRIALS, SLOTS = 16, 2
 
 
-def study(sweep: Path, *extra: str) -> float:
+def study(sweep: Path, epochs: int, samples: int, *extra: str) -> float:
     return timed_study(sweep, "hydra/launcher=local", f"hydra.sweeper.n_jobs={SLOTS}",
-                       f"dataset.max_samples={SAMPLES}", f"training.epochs={EPOCHS}",
+                       f"dataset.max_samples={samples}", f"training.epochs={epochs}",
                        f"hydra.sweeper.n_trials={TRIALS}", "hardware.num_threads=1", *extra)  # fmt: skip
 
 
@@ -39,11 +40,17 @@ def summary(sweep: Path, wall: float) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=20, help="a trial's epochs (default 20, "
+                        "the preset's own training.epochs)")  # fmt: skip
+    parser.add_argument("--samples", type=int, default=1000, help="training samples (default 1000)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         batch_dir, async_dir = Path(tmp) / "batched", Path(tmp) / "async"
-        b = summary(batch_dir, study(batch_dir, "hydra.sweeper.asynchronous=false"))
-        a = summary(async_dir, study(async_dir))
-    print(f"bloodmnist, mini_cnn, {SAMPLES} training samples, {EPOCHS} epochs, {TRIALS} trials, "
+        shape = (args.epochs, args.samples)
+        b = summary(batch_dir, study(batch_dir, *shape, "hydra.sweeper.asynchronous=false"))
+        a = summary(async_dir, study(async_dir, *shape))
+    print(f"bloodmnist, mini_cnn, {args.samples} training samples, {args.epochs} epochs, {TRIALS} trials, "
           f"median pruning, TPE seed 42, hydra/launcher=local, {SLOTS} slots, 1 thread each")  # fmt: skip
     print(f"{'':22s}{'batched':>12s}{'asynchronous':>14s}")
     print(f"{'wall time (s)':22s}{b['wall']:12.1f}{a['wall']:14.1f}")
