@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -178,6 +179,14 @@ def cluster():
     if not was_up:
         subprocess.run([LOCAL_SLURM, "stop"], capture_output=True, stdin=subprocess.DEVNULL,
                        timeout=120)  # fmt: skip
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn for a child a test stops with SIGINT. A shell starts background jobs with SIGINT
+    ignored and the ignore is inherited: under `make test-slow &` the child would never see the
+    test's Ctrl-C (a process that ignores SIGINT at start-up keeps ignoring it). A terminal's
+    foreground process has the default disposition; give the child that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(

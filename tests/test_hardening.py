@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import INTERRUPTED, compose, make_npz, run_cli, tiny_overrides
+from conftest import (
+    INTERRUPTED,
+    compose,
+    make_npz,
+    run_cli,
+    sigint_as_in_a_terminal,
+    tiny_overrides,
+)
 
 from orchard_app import train
 from orchard_app.errors import CheckpointError, StorageError, TrainingInterrupted
@@ -121,19 +128,12 @@ def test_a_config_error_leaves_no_run_dir(tmp_path):
     assert run_dirs(tmp_path) == []
 
 
-def _sigint_as_in_a_terminal() -> None:
-    """A shell starts background jobs with SIGINT ignored, and the ignore is inherited: under
-    `make test &` the app would never see this Ctrl-C before installing its own handler. A
-    terminal's foreground process has the default disposition; give the child that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_dir(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchard_app", "training.epochs=1"], cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=_sigint_as_in_a_terminal,
+        text=True, preexec_fn=sigint_as_in_a_terminal,
     )  # fmt: skip
     import time
 

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import compose, make_npz, run_cli
+from conftest import compose, make_npz, run_cli, sigint_as_in_a_terminal
 
 STUDY = "optuna.db"
 BARE = "hydra/sweeper=orchard_optuna"
@@ -254,13 +254,16 @@ def test_ctrl_c_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
     args = study_args(npz, sweep, "hydra.sweeper.n_trials=2", "training.epochs=30")
     proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    for line in proc.stderr:
-        if " 2/30  loss" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    err = proc.stderr.read()
-    proc.wait(timeout=120)
+                            text=True, preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if " 2/30  loss" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     stopped, queued = rows(sweep)
     assert stopped["state"] == "FAIL" and "queued again" in stopped["error"]

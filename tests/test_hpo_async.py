@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_npz, run_cli
+from conftest import make_npz, run_cli, sigint_as_in_a_terminal
 from test_hpo import ok, rows, study_args
 
 pytestmark = pytest.mark.slow
@@ -49,19 +49,22 @@ def test_ctrl_c_stops_the_trials_in_flight_and_the_same_command_continues_to_the
     args = study_args(npz, sweep, *LOCAL, "hydra.sweeper.n_trials=4", "training.epochs=40")
     proc = subprocess.Popen([sys.executable, "-m", "orchard_app", *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
     url = f"sqlite:///{sweep / 'optuna.db'}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # both slots busy, each trial past its first epoch
-        time.sleep(1)
-        try:
-            running = [t for t in trials(url) if t.intermediate_values]
-        except Exception:
-            continue
-        if len(running) == 2:
-            break
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=180)[1]
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # both slots busy, each trial past its first epoch
+            time.sleep(1)
+            try:
+                running = [t for t in trials(url) if t.intermediate_values]
+            except Exception:
+                continue
+            if len(running) == 2:
+                break
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=180)[1]
+    finally:  # a study that outlived a failed assertion would load the tests after it
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert "study interrupted" in err
     table = rows(sweep)
